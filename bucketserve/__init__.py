@@ -1,0 +1,21 @@
+"""bucketserve: compile a causal LM into one prefill graph and several decoder graphs of different batch
+sizes, and serve it by running every decode step on the smallest compiled decoder that fits."""
+from .modeling import (
+    AutoModelForCausalLM,
+    BucketModelForCausalLM,
+    LlamaForCausalLM,
+    MistralForCausalLM,
+    Qwen2ForCausalLM,
+    Qwen3ForCausalLM,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AutoModelForCausalLM",
+    "BucketModelForCausalLM",
+    "LlamaForCausalLM",
+    "MistralForCausalLM",
+    "Qwen2ForCausalLM",
+    "Qwen3ForCausalLM",
+]

@@ -1,0 +1,84 @@
+"""The compiled directory's manifest: what was compiled, with which torch, and a sha256 of every file.
+
+Loading checks it first, so a broken directory fails here with the file's name, not deep inside torch.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+MANIFEST = "bucketserve_manifest.json"
+FORMAT_VERSION = 1
+
+
+class CompiledModelError(RuntimeError):
+    """A compiled directory that cannot be loaded as it is; the message says which file and what to do."""
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_manifest(directory: Path, compile_config: dict, model_config: dict, compile_seconds: dict) -> None:
+    files = {
+        str(p.relative_to(directory)): {"sha256": sha256_of(p), "bytes": p.stat().st_size}
+        for p in sorted(directory.rglob("*"))
+        if p.is_file() and p.name != MANIFEST
+    }
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "torch_version": torch.__version__,
+        "compile_config": compile_config,
+        "model_config": model_config,
+        "compile_seconds": compile_seconds,
+        "files": files,
+    }
+    (directory / MANIFEST).write_text(json.dumps(manifest, indent=2))
+
+
+def read_manifest(directory: Path) -> dict[str, Any]:
+    path = directory / MANIFEST
+    if not path.is_file():
+        raise CompiledModelError(
+            f"{directory} is not a bucketserve compiled directory ({MANIFEST} is missing); "
+            f"compile it with from_pretrained(..., export=True) and save_pretrained()"
+        )
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise CompiledModelError(f"{path} is not valid JSON ({err}); recompile the model") from err
+
+
+def verify_manifest(directory: Path, check_hashes: bool = True) -> dict[str, Any]:
+    manifest = read_manifest(directory)
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise CompiledModelError(
+            f"{directory} has manifest format {manifest.get('format_version')!r}, this bucketserve reads "
+            f"{FORMAT_VERSION}; recompile the model"
+        )
+    compiled_with = manifest.get("torch_version")
+    if manifest["compile_config"].get("compiler") == "aoti" and compiled_with != torch.__version__:
+        raise CompiledModelError(
+            f"the graphs in {directory} were compiled with torch {compiled_with} and this is torch "
+            f"{torch.__version__}, which cannot load them; recompile the model with this torch"
+        )
+    for name, expected in manifest["files"].items():
+        path = directory / name
+        if not path.is_file():
+            raise CompiledModelError(f"{path} is missing from the compiled directory; recompile the model")
+        if path.stat().st_size != expected["bytes"]:
+            raise CompiledModelError(
+                f"{path} has {path.stat().st_size} bytes, the manifest says {expected['bytes']} "
+                f"(truncated or replaced); recompile the model"
+            )
+        if check_hashes and sha256_of(path) != expected["sha256"]:
+            raise CompiledModelError(f"{path} does not match its sha256 in {MANIFEST} (modified); recompile the model")
+    return manifest

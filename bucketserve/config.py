@@ -1,0 +1,154 @@
+"""Compile options: one dataclass, validated once at the edge (from_pretrained), then trusted inside."""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from .models.config import ModelConfig
+
+logger = logging.getLogger(__name__)
+
+RBLN_PREFIX = "rbln_"
+DTYPES = ("float32", "bfloat16")
+DEVICES = ("cpu", "cuda")
+COMPILERS = ("aoti", "eager")
+
+
+@dataclass(frozen=True)
+class CompileConfig:
+    batch_size: int = 1
+    max_seq_len: int = 2048
+    tensor_parallel_size: int = 1
+    decoder_batch_sizes: tuple[int, ...] = ()  # normalized: unique, descending, holds batch_size
+    kvcache_block_size: int = 0  # 0 until normalized: then max_seq_len unless given
+    kvcache_num_blocks: int = 0  # 0 until normalized; counts the reserved padding block
+    prefill_chunk_size: int = 128
+    dtype: str = "float32"
+    device: str = "cpu"
+    compiler: str = "aoti"  # "eager" runs the same model code uncompiled (debugging, fast tests)
+
+    @property
+    def blocks_per_sequence(self) -> int:
+        return self.max_seq_len // self.kvcache_block_size
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["decoder_batch_sizes"] = list(self.decoder_batch_sizes)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "CompileConfig":
+        return cls(**{**d, "decoder_batch_sizes": tuple(d["decoder_batch_sizes"])})
+
+
+OPTION_NAMES = tuple(f.name for f in dataclasses.fields(CompileConfig))
+
+
+def split_rbln_aliases(options: dict[str, Any]) -> dict[str, Any]:
+    """Accept `rbln_batch_size=8` as `batch_size=8` (optimum-rbln spelling); both at once is an error."""
+    plain: dict[str, Any] = {}
+    for name, value in options.items():
+        key = name[len(RBLN_PREFIX):] if name.startswith(RBLN_PREFIX) else name
+        if key == "config" and name == "rbln_config":  # optimum-rbln's rbln_config={...} dict
+            for inner, inner_value in dict(value).items():
+                inner_key = inner[len(RBLN_PREFIX):] if inner.startswith(RBLN_PREFIX) else inner
+                _put(plain, inner_key, inner_value, f"rbln_config[{inner!r}]")
+            continue
+        _put(plain, key, value, name)
+    return plain
+
+
+def _put(plain: dict[str, Any], key: str, value: Any, spelled: str) -> None:
+    if key in plain:
+        raise ValueError(f"option {key!r} was given twice (as {key!r} and {RBLN_PREFIX}{key!r} or in rbln_config); give it once")
+    if key not in OPTION_NAMES:
+        raise ValueError(f"unknown compile option {spelled!r}; known options: {', '.join(OPTION_NAMES)}")
+    plain[key] = value
+
+
+def _positive_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    return value
+
+
+def normalize_decoder_batch_sizes(values: Any, batch_size: int) -> tuple[int, ...]:
+    if values is None:
+        return (batch_size,)
+    if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
+        raise ValueError(f"decoder_batch_sizes must be a list of integers, got {values!r}")
+    sizes = [_positive_int("every value of decoder_batch_sizes", v) for v in values]
+    for size in sizes:
+        if size > batch_size:
+            raise ValueError(
+                f"decoder_batch_sizes value {size} is larger than batch_size {batch_size}; "
+                f"every decoder batch size must be <= batch_size"
+            )
+    if batch_size not in sizes:
+        logger.warning("decoder_batch_sizes %s lacks batch_size %d; adding it", sizes, batch_size)
+        sizes.append(batch_size)
+    return tuple(sorted(set(sizes), reverse=True))
+
+
+def build_compile_config(options: dict[str, Any], model_config: ModelConfig) -> CompileConfig:
+    """Validate user options (rbln_ aliases allowed) against the checkpoint; return the normalized config."""
+    o = split_rbln_aliases(options)
+    batch_size = _positive_int("batch_size", o.get("batch_size", 1))
+    max_seq_len = _positive_int("max_seq_len", o.get("max_seq_len", min(2048, model_config.max_position_embeddings)))
+    if max_seq_len > model_config.max_position_embeddings:
+        raise ValueError(
+            f"max_seq_len {max_seq_len} exceeds the checkpoint's max_position_embeddings "
+            f"{model_config.max_position_embeddings}; use max_seq_len <= {model_config.max_position_embeddings}"
+        )
+    if model_config.sliding_window is not None and max_seq_len > model_config.sliding_window:
+        raise ValueError(
+            f"max_seq_len {max_seq_len} exceeds the checkpoint's sliding_window {model_config.sliding_window}; "
+            f"bucketserve attends over the whole context, so use max_seq_len <= {model_config.sliding_window}"
+        )
+    tp = _positive_int("tensor_parallel_size", o.get("tensor_parallel_size", 1))
+    if tp != 1:
+        raise NotImplementedError(
+            f"tensor_parallel_size={tp} is not supported yet; compile with tensor_parallel_size=1"
+        )
+    block_size = _positive_int("kvcache_block_size", o.get("kvcache_block_size", max_seq_len))
+    if max_seq_len % block_size:
+        raise ValueError(
+            f"max_seq_len {max_seq_len} is not a multiple of kvcache_block_size {block_size}; "
+            f"choose a block size that divides max_seq_len"
+        )
+    blocks_per_sequence = max_seq_len // block_size
+    num_blocks = o.get("kvcache_num_blocks")
+    if num_blocks is None:
+        num_blocks = batch_size * blocks_per_sequence + 1
+    num_blocks = _positive_int("kvcache_num_blocks", num_blocks)
+    if num_blocks < blocks_per_sequence + 1:
+        raise ValueError(
+            f"kvcache_num_blocks {num_blocks} cannot hold one full sequence ({blocks_per_sequence} blocks) plus "
+            f"the reserved padding block; use kvcache_num_blocks >= {blocks_per_sequence + 1}"
+        )
+    chunk = o.get("prefill_chunk_size", min(128, max_seq_len))
+    if isinstance(chunk, bool) or not isinstance(chunk, int) or not 1 <= chunk <= max_seq_len:
+        raise ValueError(f"prefill_chunk_size must be an integer in [1, max_seq_len={max_seq_len}], got {chunk!r}")
+    dtype = o.get("dtype", "float32")
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+    device = o.get("device", "cpu")
+    if device not in DEVICES:
+        raise ValueError(f"unknown device {device!r}; choose one of {', '.join(DEVICES)}")
+    compiler = o.get("compiler", "aoti")
+    if compiler not in COMPILERS:
+        raise ValueError(f"unknown compiler {compiler!r}; choose one of {', '.join(COMPILERS)}")
+    return CompileConfig(
+        batch_size=batch_size,
+        max_seq_len=max_seq_len,
+        tensor_parallel_size=tp,
+        decoder_batch_sizes=normalize_decoder_batch_sizes(o.get("decoder_batch_sizes"), batch_size),
+        kvcache_block_size=block_size,
+        kvcache_num_blocks=num_blocks,
+        prefill_chunk_size=chunk,
+        dtype=dtype,
+        device=device,
+        compiler=compiler,
+    )

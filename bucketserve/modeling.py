@@ -1,0 +1,164 @@
+"""The compiled causal LM users hold: from_pretrained (compile or load), save_pretrained, and the run API.
+
+    model = LlamaForCausalLM.from_pretrained("hf-dir", export=True, batch_size=8, decoder_batch_sizes=[8, 4, 1])
+    model.save_pretrained("out-dir")
+    model = LlamaForCausalLM.from_pretrained("out-dir")   # loads graphs; compiles nothing
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import weakref
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .compiler.build import build_compiled_directory
+from .compiler.manifest import read_manifest, verify_manifest
+from .config import CompileConfig, build_compile_config, split_rbln_aliases
+from .models.checkpoint import load_safetensors, read_hf_config, resolve_model_dir
+from .models.config import SUPPORTED_MODEL_TYPES, ModelConfig
+from .runtime.kv_cache import KVCache
+from .runtime.model_runner import ModelRunner, PrefillOutput
+from .runtime.weights import build_model
+
+
+class BucketModelForCausalLM:
+    """A causal LM compiled into one prefill graph and one decoder graph per decoder batch size."""
+
+    model_types: tuple[str, ...] = SUPPORTED_MODEL_TYPES
+
+    def __init__(self, directory: Path, runner: ModelRunner, manifest: dict[str, Any]):
+        self.directory = directory
+        self.runner = runner
+        self.manifest = manifest
+        self.compile_config: CompileConfig = runner.compile_config
+        self.model_config: ModelConfig = runner.model_config
+        self._hf_config = None
+
+    # ---- construction ----
+    @classmethod
+    def from_pretrained(cls, model_id: str | os.PathLike | None = None, export: bool = False, **options: Any):
+        if model_id is None:
+            raise TypeError("from_pretrained needs model_id: a checkpoint directory, a cached hub id, or a compiled directory")
+        model_dir = resolve_model_dir(model_id)
+        if export:
+            return cls._compile(model_dir, options)
+        return cls._load(model_dir, options)
+
+    @classmethod
+    def _check_model_type(cls, model_type: str) -> None:
+        if model_type not in cls.model_types:
+            raise ValueError(
+                f"the checkpoint is model_type {model_type!r} but {cls.__name__} runs {', '.join(cls.model_types)}; "
+                f"use AutoModelForCausalLM"
+            )
+
+    @classmethod
+    def _compile(cls, source_dir: Path, options: dict[str, Any]):
+        hf_config = read_hf_config(source_dir)
+        model_config = ModelConfig.from_hf_dict(hf_config)
+        cls._check_model_type(model_config.model_type)
+        compile_config = build_compile_config(options, model_config)
+        model = build_model(model_config, compile_config, load_safetensors(source_dir), torch.device(compile_config.device))
+        out_dir = Path(tempfile.mkdtemp(prefix="bucketserve-"))
+        try:
+            build_compiled_directory(source_dir, out_dir, model, compile_config)
+            manifest = read_manifest(out_dir)
+            instance = cls(out_dir, ModelRunner(out_dir, model, compile_config), manifest)
+        except BaseException:
+            shutil.rmtree(out_dir, ignore_errors=True)
+            raise
+        weakref.finalize(instance, shutil.rmtree, str(out_dir), ignore_errors=True)
+        return instance
+
+    @classmethod
+    def _load(cls, directory: Path, options: dict[str, Any]):
+        manifest = verify_manifest(directory)
+        compile_config = CompileConfig.from_dict(manifest["compile_config"])
+        model_config = ModelConfig.from_dict(manifest["model_config"])
+        cls._check_model_type(model_config.model_type)
+        for name, value in split_rbln_aliases(options).items():
+            compiled = getattr(compile_config, name)
+            if (list(value) if name == "decoder_batch_sizes" else value) != (list(compiled) if name == "decoder_batch_sizes" else compiled):
+                raise ValueError(
+                    f"{name}={value!r} was given, but {directory} was compiled with {name}={compiled!r}; "
+                    f"drop the option, or recompile with from_pretrained(checkpoint, export=True, {name}=...)"
+                )
+        model = build_model(model_config, compile_config, load_safetensors(directory), torch.device(compile_config.device))
+        return cls(directory, ModelRunner(directory, model, compile_config), manifest)
+
+    def save_pretrained(self, save_directory: str | os.PathLike) -> None:
+        target = Path(save_directory)
+        if target.resolve() == self.directory.resolve():
+            return
+        target.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(self.directory, target, dirs_exist_ok=True)
+
+    # ---- what the model is ----
+    @property
+    def rbln_config(self) -> CompileConfig:
+        """The normalized compile options (optimum-rbln's name for them)."""
+        return self.compile_config
+
+    @property
+    def config(self):
+        """The checkpoint's transformers config, as HF models expose it."""
+        if self._hf_config is None:
+            from transformers import AutoConfig
+
+            self._hf_config = AutoConfig.from_pretrained(self.directory)
+        return self._hf_config
+
+    @property
+    def kv_cache(self) -> KVCache:
+        return self.runner.kv_cache
+
+    # ---- running (the API the engine uses) ----
+    def decoder_batch_size_for(self, num_seqs: int) -> int:
+        """The smallest compiled decoder batch size >= num_seqs (3 -> 4 with [8, 4, 1])."""
+        return self.runner.decoder_batch_size_for(num_seqs)
+
+    def prefill(self, token_ids: list[int], block_table: list[int], start: int = 0, return_hidden: bool = False) -> PrefillOutput:
+        """Prefill one sequence into its KV blocks, chunk by chunk; returns the next-token logits."""
+        return self.runner.prefill(list(token_ids), list(block_table), start, return_hidden)
+
+    def decode(self, input_ids: list[int], positions: list[int], block_tables: list[list[int]]) -> torch.Tensor:
+        """One decode step for N sequences on the smallest decoder >= N; returns [N, vocab] logits."""
+        if not len(input_ids) == len(positions) == len(block_tables):
+            raise ValueError(
+                f"decode takes one input id, position and block table per sequence; got "
+                f"{len(input_ids)}, {len(positions)} and {len(block_tables)}"
+            )
+        return self.runner.decode(list(input_ids), list(positions), [list(t) for t in block_tables])
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.runner.compute_logits(hidden)
+
+    def generate(self, input_ids, max_new_tokens: int = 20, attention_mask=None, eos_token_id=None, pad_token_id=None):
+        """HF-style greedy generation for up to batch_size prompts; returns [batch, prompt_len + new] ids."""
+        from .greedy import greedy_generate
+
+        return greedy_generate(self, input_ids, max_new_tokens, attention_mask, eos_token_id, pad_token_id)
+
+
+class AutoModelForCausalLM(BucketModelForCausalLM):
+    """Dispatches on the checkpoint's model_type (llama, mistral, qwen2, qwen3)."""
+
+
+class LlamaForCausalLM(BucketModelForCausalLM):
+    model_types = ("llama",)
+
+
+class MistralForCausalLM(BucketModelForCausalLM):
+    model_types = ("mistral",)
+
+
+class Qwen2ForCausalLM(BucketModelForCausalLM):
+    model_types = ("qwen2",)
+
+
+class Qwen3ForCausalLM(BucketModelForCausalLM):
+    model_types = ("qwen3",)

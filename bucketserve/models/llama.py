@@ -1,0 +1,211 @@
+"""The Llama family (Llama, Mistral, Qwen2, Qwen3) as plain PyTorch over a paged KV cache.
+
+Architecture only: no compilation, no serving logic. Parameter names match Hugging Face checkpoints so
+weights load by name. Every forward takes a batch of `rows`, each with `query_len` tokens:
+prefill is 1 row of `prefill_chunk_size` tokens, a decode step is B rows of 1 token.
+
+The KV cache is one tensor [num_layers, 2, num_slots, num_kv_heads, head_dim] owned by the runtime; a
+slot is (block id * block_size + offset). Graphs write the new keys/values into `slot_mapping` in place
+and read each row's context through its `block_table`.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import ModelConfig
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Normalise in fp32 whatever the weights' dtype, as HF does.
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x32.to(x.dtype)
+
+
+def rotary_inv_freq(config: ModelConfig) -> torch.Tensor:
+    """Inverse frequencies of the rotary embedding, with llama3 scaling when the checkpoint asks for it."""
+    dim = config.head_dim
+    inv_freq = 1.0 / (config.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
+    scaling = config.rope_scaling
+    if scaling is None:
+        return inv_freq
+    # llama3: long wavelengths are divided by `factor`, short ones kept, the band between interpolated.
+    factor = scaling["factor"]
+    low_freq_factor = scaling["low_freq_factor"]
+    high_freq_factor = scaling["high_freq_factor"]
+    old_context_len = scaling["original_max_position_embeddings"]
+    low_freq_wavelen = old_context_len / low_freq_factor
+    high_freq_wavelen = old_context_len / high_freq_factor
+    wavelen = 2 * math.pi / inv_freq
+    scaled = torch.where(wavelen > low_freq_wavelen, inv_freq / factor, inv_freq)
+    smooth = (old_context_len / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor)
+    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+    is_medium = ~(wavelen < high_freq_wavelen) * ~(wavelen > low_freq_wavelen)
+    return torch.where(is_medium, smoothed, scaled)
+
+
+def rotary_table(config: ModelConfig, max_seq_len: int) -> torch.Tensor:
+    """cos and sin for every position < max_seq_len, stacked: [2, max_seq_len, head_dim] in fp32."""
+    freqs = torch.outer(torch.arange(max_seq_len, dtype=torch.float32), rotary_inv_freq(config))
+    emb = torch.cat((freqs, freqs), dim=-1)
+    return torch.stack((emb.cos(), emb.sin()))
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return (x * cos + rotated * sin).to(x.dtype)
+
+
+class Attention(nn.Module):
+    def __init__(self, config: ModelConfig, layer_index: int):
+        super().__init__()
+        self.layer_index = layer_index
+        self.num_heads = config.num_attention_heads
+        self.num_kv_heads = config.num_key_value_heads
+        self.head_dim = config.head_dim
+        self.q_proj = nn.Linear(config.hidden_size, self.num_heads * self.head_dim, bias=config.qkv_bias)
+        self.k_proj = nn.Linear(config.hidden_size, self.num_kv_heads * self.head_dim, bias=config.qkv_bias)
+        self.v_proj = nn.Linear(config.hidden_size, self.num_kv_heads * self.head_dim, bias=config.qkv_bias)
+        self.o_proj = nn.Linear(self.num_heads * self.head_dim, config.hidden_size, bias=config.o_bias)
+        if config.qk_norm:
+            self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
+            self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
+        else:
+            self.q_norm = self.k_norm = None
+
+    def forward(self, hidden, cos, sin, kv_cache, slot_mapping, context_slots, context_mask):
+        rows, query_len, _ = hidden.shape
+        q = self.q_proj(hidden).view(rows, query_len, self.num_heads, self.head_dim)
+        k = self.k_proj(hidden).view(rows, query_len, self.num_kv_heads, self.head_dim)
+        v = self.v_proj(hidden).view(rows, query_len, self.num_kv_heads, self.head_dim)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+
+        # Write this step's keys and values into their slots, in place, then read every row's context.
+        layer_cache = kv_cache[self.layer_index]
+        layer_cache[0].index_copy_(0, slot_mapping.flatten(), k.flatten(0, 1).to(kv_cache.dtype))
+        layer_cache[1].index_copy_(0, slot_mapping.flatten(), v.flatten(0, 1).to(kv_cache.dtype))
+        context_k = layer_cache[0][context_slots]  # [rows, context_len, kv_heads, head_dim]
+        context_v = layer_cache[1][context_slots]
+
+        out = F.scaled_dot_product_attention(
+            q.transpose(1, 2),
+            context_k.transpose(1, 2).to(q.dtype),
+            context_v.transpose(1, 2).to(q.dtype),
+            attn_mask=context_mask.unsqueeze(1),
+            enable_gqa=self.num_heads != self.num_kv_heads,
+        )
+        return self.o_proj(out.transpose(1, 2).reshape(rows, query_len, self.num_heads * self.head_dim))
+
+
+class MLP(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
+
+    def forward(self, x):
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, config: ModelConfig, layer_index: int):
+        super().__init__()
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.self_attn = Attention(config, layer_index)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.mlp = MLP(config)
+
+    def forward(self, hidden, cos, sin, kv_cache, slot_mapping, context_slots, context_mask):
+        hidden = hidden + self.self_attn(
+            self.input_layernorm(hidden), cos, sin, kv_cache, slot_mapping, context_slots, context_mask
+        )
+        return hidden + self.mlp(self.post_attention_layernorm(hidden))
+
+
+class Backbone(nn.Module):
+    """Named `model` inside LlamaForCausalLM so parameter names match HF checkpoints."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(config, i) for i in range(config.num_hidden_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+
+
+class LlamaForCausalLM(nn.Module):
+    def __init__(self, config: ModelConfig, max_seq_len: int, block_size: int):
+        super().__init__()
+        self.config = config
+        self.max_seq_len = max_seq_len
+        self.block_size = block_size
+        self.model = Backbone(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.tie_weights()
+        self.make_buffers(self.lm_head.weight.device)
+
+    def make_buffers(self, device: torch.device) -> None:
+        """Tables derived from the config, not stored in checkpoints (rebuilt after loading on `meta`)."""
+        self.register_buffer("rotary", rotary_table(self.config, self.max_seq_len).to(device), persistent=False)
+        self.register_buffer("block_offsets", torch.arange(self.block_size, device=device), persistent=False)
+        self.register_buffer("context_positions", torch.arange(self.max_seq_len, device=device), persistent=False)
+
+    def tie_weights(self) -> None:
+        if self.config.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+
+    def hidden_states(self, input_ids, positions, slot_mapping, block_tables, kv_cache):
+        """Final-norm hidden states [rows, query_len, hidden] of every token.
+
+        input_ids, positions, slot_mapping: [rows, query_len]; block_tables: [rows, blocks_per_seq].
+        """
+        rows = input_ids.shape[0]
+        cos = self.rotary[0][positions].unsqueeze(2)  # [rows, query_len, 1, head_dim]
+        sin = self.rotary[1][positions].unsqueeze(2)
+        context_slots = (block_tables.unsqueeze(-1) * self.block_size + self.block_offsets).view(rows, -1)
+        # A token sees every context position up to its own (causal over the whole sequence so far).
+        context_mask = self.context_positions.view(1, 1, -1) <= positions.unsqueeze(-1)
+        hidden = self.model.embed_tokens(input_ids)
+        for layer in self.model.layers:
+            hidden = layer(hidden, cos, sin, kv_cache, slot_mapping, context_slots, context_mask)
+        return self.model.norm(hidden)
+
+
+class PrefillGraph(nn.Module):
+    """One chunk of one prompt: returns the logits of the chunk's last real token and every hidden state."""
+
+    def __init__(self, model: LlamaForCausalLM):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, positions, slot_mapping, block_table, last_index, kv_cache):
+        hidden = self.model.hidden_states(input_ids, positions, slot_mapping, block_table, kv_cache)
+        last_hidden = hidden[0].index_select(0, last_index)  # [1, hidden]
+        return self.model.lm_head(last_hidden).float(), hidden[0]
+
+
+class DecoderGraph(nn.Module):
+    """One token for each of B rows: returns B rows of logits."""
+
+    def __init__(self, model: LlamaForCausalLM):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, positions, slot_mapping, block_tables, kv_cache):
+        hidden = self.model.hidden_states(
+            input_ids.unsqueeze(1), positions.unsqueeze(1), slot_mapping.unsqueeze(1), block_tables, kv_cache
+        )
+        return self.model.lm_head(hidden[:, 0]).float()

@@ -1,0 +1,41 @@
+"""The one paged KV cache shared by every graph, and the arithmetic of its slots."""
+from __future__ import annotations
+
+import torch
+
+from ..config import CompileConfig
+from ..models.config import ModelConfig
+
+# Block 0 is never handed to a sequence: padding rows and padding tokens write and read only here.
+DUMMY_BLOCK = 0
+
+
+class KVCache:
+    def __init__(self, model_config: ModelConfig, compile_config: CompileConfig, device: torch.device):
+        self.block_size = compile_config.kvcache_block_size
+        self.num_blocks = compile_config.kvcache_num_blocks
+        self.blocks_per_sequence = compile_config.blocks_per_sequence
+        self.tensor = torch.zeros(
+            cache_shape(model_config, compile_config), dtype=getattr(torch, compile_config.dtype), device=device
+        )
+
+    @property
+    def nbytes(self) -> int:
+        return self.tensor.numel() * self.tensor.element_size()
+
+    def padded_block_table(self, block_table: list[int]) -> list[int]:
+        """A sequence's blocks, then the dummy block up to blocks_per_sequence (those are masked anyway)."""
+        if len(block_table) > self.blocks_per_sequence:
+            raise ValueError(f"block table has {len(block_table)} blocks; a sequence holds at most {self.blocks_per_sequence}")
+        return list(block_table) + [DUMMY_BLOCK] * (self.blocks_per_sequence - len(block_table))
+
+    def slot(self, block_table: list[int], position: int) -> int:
+        return block_table[position // self.block_size] * self.block_size + position % self.block_size
+
+    def dummy_slot(self, offset: int = 0) -> int:
+        return DUMMY_BLOCK * self.block_size + offset % self.block_size
+
+
+def cache_shape(model_config: ModelConfig, compile_config: CompileConfig) -> tuple[int, ...]:
+    num_slots = compile_config.kvcache_num_blocks * compile_config.kvcache_block_size
+    return (model_config.num_hidden_layers, 2, num_slots, model_config.num_key_value_heads, model_config.head_dim)

@@ -1,0 +1,113 @@
+"""Device work: the weights (once), the KV cache, the loaded graphs; "prefill this", "decode these N"."""
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..compiler import aoti
+from ..compiler.graph_specs import PREFILL, decoder_name, graph_constants
+from ..config import CompileConfig
+from ..models.config import ModelConfig
+from ..models.llama import DecoderGraph, LlamaForCausalLM, PrefillGraph
+from .kv_cache import DUMMY_BLOCK, KVCache
+
+GRAPHS_DIR = "graphs"
+
+
+@dataclass
+class PrefillOutput:
+    logits: torch.Tensor  # [vocab] fp32: the next-token logits after the prompt
+    hidden: torch.Tensor | None  # [prompt_len, hidden] final-norm states, when asked for (prompt logprobs)
+
+
+class ModelRunner:
+    def __init__(self, directory: Path, model: LlamaForCausalLM, compile_config: CompileConfig):
+        self.compile_config = compile_config
+        self.model_config: ModelConfig = model.config
+        self.device = torch.device(compile_config.device)
+        self.model = model
+        self.kv_cache = KVCache(self.model_config, compile_config, self.device)
+        self.decoder_batch_sizes = sorted(compile_config.decoder_batch_sizes)  # ascending, for bisect
+        prefill, decoder = PrefillGraph(model), DecoderGraph(model)
+        if compile_config.compiler == "eager":
+            self.prefill_graph = prefill
+            self.decoders = {b: decoder for b in self.decoder_batch_sizes}
+        else:
+            graphs = directory / GRAPHS_DIR
+            self.prefill_graph = aoti.load_graph(graphs / f"{PREFILL}.pt2", graph_constants(prefill))
+            self.decoders = {
+                b: aoti.load_graph(graphs / f"{decoder_name(b)}.pt2", graph_constants(decoder))
+                for b in self.decoder_batch_sizes
+            }
+        # Counted since load: which decoder each step ran on, and how many rows were padding.
+        self.decode_steps_per_decoder = {b: 0 for b in compile_config.decoder_batch_sizes}
+        self.padded_rows = 0
+
+    @property
+    def weight_bytes(self) -> int:
+        return sum(p.numel() * p.element_size() for p in self.model.parameters())
+
+    def decoder_batch_size_for(self, num_seqs: int) -> int:
+        """The smallest compiled decoder batch size >= num_seqs."""
+        if not 1 <= num_seqs <= self.decoder_batch_sizes[-1]:
+            raise ValueError(
+                f"cannot decode {num_seqs} sequences in one step: the compiled decoders take 1 to "
+                f"{self.decoder_batch_sizes[-1]} (batch_size); decode in groups of at most that many"
+            )
+        return self.decoder_batch_sizes[bisect.bisect_left(self.decoder_batch_sizes, num_seqs)]
+
+    def _tensor(self, values) -> torch.Tensor:
+        return torch.tensor(values, dtype=torch.long).to(self.device)
+
+    @torch.inference_mode()
+    def prefill(self, token_ids: list[int], block_table: list[int], start: int = 0, return_hidden: bool = False) -> PrefillOutput:
+        """Run token_ids (at positions start, start+1, ...) chunk by chunk into the sequence's blocks."""
+        cache = self.kv_cache
+        chunk_size = self.compile_config.prefill_chunk_size
+        end = start + len(token_ids)
+        if not token_ids or end > self.compile_config.max_seq_len:
+            raise ValueError(f"prefill needs 1 to max_seq_len={self.compile_config.max_seq_len} tokens, got positions {start}..{end}")
+        table = cache.padded_block_table(block_table)
+        hidden_chunks = []
+        for chunk_start in range(start, end, chunk_size):
+            real = min(chunk_size, end - chunk_start)
+            ids = token_ids[chunk_start - start : chunk_start - start + real] + [0] * (chunk_size - real)
+            positions = [min(chunk_start + i, self.compile_config.max_seq_len - 1) for i in range(chunk_size)]
+            # Padding tokens of the last chunk write only into the dummy block.
+            slots = [cache.slot(table, chunk_start + i) if i < real else cache.dummy_slot(i) for i in range(chunk_size)]
+            logits, hidden = self.prefill_graph(
+                self._tensor([ids]), self._tensor([positions]), self._tensor([slots]), self._tensor([table]),
+                self._tensor([real - 1]), cache.tensor,
+            )
+            if return_hidden:
+                hidden_chunks.append(hidden[:real])
+        return PrefillOutput(logits[0], torch.cat(hidden_chunks) if return_hidden else None)
+
+    @torch.inference_mode()
+    def decode(self, input_ids: list[int], positions: list[int], block_tables: list[list[int]]) -> torch.Tensor:
+        """One token for each of N sequences on the smallest decoder >= N; returns [N, vocab] fp32 logits."""
+        num_seqs = len(input_ids)
+        batch = self.decoder_batch_size_for(num_seqs)
+        cache = self.kv_cache
+        tables = [cache.padded_block_table(t) for t in block_tables]
+        slots = [cache.slot(t, p) for t, p in zip(tables, positions)]
+        padding = batch - num_seqs
+        # Padding rows: token 0 at position 0 of the dummy block, which no sequence owns.
+        logits = self.decoders[batch](
+            self._tensor(list(input_ids) + [0] * padding),
+            self._tensor(list(positions) + [0] * padding),
+            self._tensor(slots + [cache.dummy_slot()] * padding),
+            self._tensor(tables + [[DUMMY_BLOCK] * cache.blocks_per_sequence] * padding),
+            cache.tensor,
+        )
+        self.decode_steps_per_decoder[batch] += 1
+        self.padded_rows += padding
+        return logits[:num_seqs]
+
+    @torch.inference_mode()
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """fp32 logits of final-norm hidden states, with the same lm_head weights the graphs use."""
+        return self.model.lm_head(hidden).float()

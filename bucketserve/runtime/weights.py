@@ -1,0 +1,45 @@
+"""Building the model module around one set of weight tensors: the set every graph shares."""
+from __future__ import annotations
+
+import torch
+
+from ..config import CompileConfig
+from ..models.config import ModelConfig
+from ..models.llama import LlamaForCausalLM
+
+# Names some checkpoints carry that are derived tables, not weights.
+IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
+
+
+def build_model(
+    model_config: ModelConfig, compile_config: CompileConfig, state: dict[str, torch.Tensor], device: torch.device
+) -> LlamaForCausalLM:
+    dtype = getattr(torch, compile_config.dtype)
+    with torch.device("meta"):
+        model = LlamaForCausalLM(model_config, compile_config.max_seq_len, compile_config.kvcache_block_size)
+    expected = dict(model.named_parameters())
+    state = {k: v for k, v in state.items() if not k.endswith(IGNORED_SUFFIXES)}
+    if model_config.tie_word_embeddings:
+        state.pop("lm_head.weight", None)
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise ValueError(
+            f"checkpoint weights do not match the {model_config.model_type} architecture: "
+            f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
+            f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}"
+        )
+    for name, tensor in state.items():
+        if tuple(tensor.shape) != tuple(expected[name].shape):
+            raise ValueError(f"weight {name} has shape {tuple(tensor.shape)}, the config implies {tuple(expected[name].shape)}")
+    model.load_state_dict({k: v.to(device=device, dtype=dtype) for k, v in state.items()}, strict=False, assign=True)
+    model.tie_weights()
+    model.make_buffers(device)
+    model.requires_grad_(False)
+    return model.eval()
+
+
+def weights_to_save(model: LlamaForCausalLM) -> dict[str, torch.Tensor]:
+    """The state dict with a tied lm_head stored once (as HF does), contiguous for safetensors."""
+    state = {name: p.detach().contiguous() for name, p in model.named_parameters()}
+    return state
