@@ -1,5 +1,8 @@
 """bucketserve: compile a causal LM into one prefill graph and several decoder graphs of different batch
 sizes, and serve it by running every decode step on the smallest compiled decoder that fits."""
+from .engine.outputs import CompletionOutput, RequestOutput
+from .engine.sampling_params import SamplingParams
+from .entrypoints.llm import LLM
 from .modeling import (
     AutoModelForCausalLM,
     BucketModelForCausalLM,
@@ -12,6 +15,10 @@ from .modeling import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "LLM",
+    "SamplingParams",
+    "RequestOutput",
+    "CompletionOutput",
     "AutoModelForCausalLM",
     "BucketModelForCausalLM",
     "LlamaForCausalLM",

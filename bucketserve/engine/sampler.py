@@ -1,0 +1,96 @@
+"""From a step's logits to one token per sequence: penalties, min_tokens, temperature, top-k/p, min-p.
+
+Each row is sampled with its sequence's own generator, so a seeded request draws the same tokens whatever
+else shares its batch. Log-probabilities are those of the raw model output, as vLLM reports them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .outputs import Logprob, PositionLogprobs
+from .sequence import Sequence
+
+
+@dataclass
+class Sample:
+    token_id: int
+    logprob: float
+    top_logprobs: PositionLogprobs | None  # the sampled token and the top-k, when logprobs were asked for
+
+
+def position_logprobs(logprobs: torch.Tensor, chosen: int, k: int, decode) -> PositionLogprobs:
+    """The chosen token and the k most likely ones (k = -1: all), each with its rank."""
+    k = logprobs.numel() if k == -1 else k
+    entries: PositionLogprobs = {}
+    if k:
+        values, ids = logprobs.topk(k)
+        for rank, (token, value) in enumerate(zip(ids.tolist(), values.tolist()), start=1):
+            entries[token] = Logprob(value, rank, decode(token))
+    if chosen not in entries:
+        rank = int((logprobs > logprobs[chosen]).sum()) + 1
+        entries[chosen] = Logprob(float(logprobs[chosen]), rank, decode(chosen))
+    return entries
+
+
+class Sampler:
+    def __init__(self, eos_token_ids: set[int], decode_token):
+        self.eos_token_ids = eos_token_ids
+        self.decode_token = decode_token  # token id -> its text, for Logprob.decoded_token
+
+    def __call__(self, logits: torch.Tensor, seqs: list[Sequence]) -> list[Sample]:
+        raw_logprobs = torch.log_softmax(logits.float(), dim=-1)
+        return [self._sample_row(logits[i].float(), raw_logprobs[i], seq) for i, seq in enumerate(seqs)]
+
+    def _sample_row(self, logits: torch.Tensor, raw_logprobs: torch.Tensor, seq: Sequence) -> Sample:
+        params = seq.params
+        if params.uses_penalties:
+            logits = apply_penalties(logits, seq.prompt_token_ids, seq.output_token_ids, params)
+        if len(seq.output_token_ids) < params.min_tokens:
+            banned = set(params.stop_token_ids) | (set() if params.ignore_eos else self.eos_token_ids)
+            if banned:
+                logits = logits.clone()
+                logits[list(banned)] = float("-inf")
+        if params.greedy:
+            token = int(logits.argmax())
+        else:
+            probs = torch.softmax(filter_logits(logits / params.temperature, params.top_k, params.top_p, params.min_p), dim=-1)
+            token = int(torch.multinomial(probs, 1, generator=seq.generator))
+        top = None
+        if params.logprobs is not None:
+            top = position_logprobs(raw_logprobs, token, params.logprobs, self.decode_token)
+        return Sample(token, float(raw_logprobs[token]), top)
+
+
+def apply_penalties(logits: torch.Tensor, prompt_ids: list[int], output_ids: list[int], params) -> torch.Tensor:
+    """vLLM's penalties: repetition over prompt and output tokens; presence and frequency over output tokens."""
+    logits = logits.clone()
+    vocab = logits.numel()
+    if params.repetition_penalty != 1.0:
+        seen = torch.zeros(vocab, dtype=torch.bool)
+        seen[torch.tensor(prompt_ids + output_ids, dtype=torch.long)] = True
+        penalized = torch.where(logits > 0, logits / params.repetition_penalty, logits * params.repetition_penalty)
+        logits = torch.where(seen, penalized, logits)
+    if output_ids and (params.frequency_penalty or params.presence_penalty):
+        counts = torch.bincount(torch.tensor(output_ids, dtype=torch.long), minlength=vocab)[:vocab].to(logits.dtype)
+        logits = logits - params.frequency_penalty * counts - params.presence_penalty * (counts > 0).to(logits.dtype)
+    return logits
+
+
+def filter_logits(logits: torch.Tensor, top_k: int, top_p: float, min_p: float) -> torch.Tensor:
+    """Set to -inf every token outside top-k, outside the top-p nucleus, or below min_p x the top probability."""
+    if top_k > 0 and top_k < logits.numel():
+        kth = logits.topk(top_k).values[-1]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = logits.sort(descending=True)
+        cumulative = sorted_logits.softmax(-1).cumsum(-1)
+        # Drop a token when the tokens before it already reach top_p; the first is always kept.
+        drop_sorted = (cumulative - sorted_logits.softmax(-1)) >= top_p
+        drop = torch.zeros_like(drop_sorted).scatter(0, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    if min_p > 0.0:
+        probs = logits.softmax(-1)
+        logits = logits.masked_fill(probs < min_p * probs.max(), float("-inf"))
+    return logits

@@ -1,0 +1,148 @@
+"""`bucketserve` command line: compile, generate, chat, demo, serve, bench. Wiring only."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _compile(args) -> None:
+    from ..modeling import AutoModelForCausalLM
+
+    options = dict(
+        batch_size=args.batch_size, max_seq_len=args.max_seq_len, tensor_parallel_size=args.tensor_parallel_size,
+        decoder_batch_sizes=args.decoder_batch_sizes, prefill_chunk_size=args.prefill_chunk_size, dtype=args.dtype,
+        device=args.device, compiler=args.compiler,
+    )
+    if args.kvcache_block_size:
+        options["kvcache_block_size"] = args.kvcache_block_size
+    if args.kvcache_num_blocks:
+        options["kvcache_num_blocks"] = args.kvcache_num_blocks
+    model = AutoModelForCausalLM.from_pretrained(args.model, export=True, **options)
+    model.save_pretrained(args.out)
+    seconds = model.manifest["compile_seconds"]
+    print(f"compiled {args.model} -> {args.out}: decoders {list(model.compile_config.decoder_batch_sizes)}")
+    for name, took in seconds.items():
+        print(f"  {name}: {took:.1f} s")
+
+
+def _sampling_params(args):
+    from ..engine.sampling_params import SamplingParams
+
+    return SamplingParams(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, max_tokens=args.max_tokens,
+                          seed=args.seed, ignore_eos=args.ignore_eos)
+
+
+def _generate(args) -> None:
+    from .llm import LLM
+
+    llm = LLM(model=args.model)
+    before = llm.get_stats()["decode_steps_per_decoder"]
+    outputs = llm.generate(args.prompts, _sampling_params(args))
+    for out in outputs:
+        print(f"Prompt: {out.prompt!r}, Generated text: {out.outputs[0].text!r} ({out.outputs[0].finish_reason})")
+    after = llm.get_stats()["decode_steps_per_decoder"]
+    ran = {b: after[b] - before[b] for b in after if after[b] - before[b]}
+    print("decode steps per compiled decoder: " + ", ".join(f"batch {b}: {n}" for b, n in ran.items()))
+
+
+def _chat(args) -> None:
+    from .llm import LLM
+
+    llm = LLM(model=args.model)
+    params = _sampling_params(args)
+    history: list[dict] = []
+    print("Chat with the model; an empty line or Ctrl-D ends.")
+    while True:
+        try:
+            line = input("you> ").strip()
+        except EOFError:
+            break
+        if not line:
+            break
+        history.append({"role": "user", "content": line})
+        reply = llm.chat(history, params, use_tqdm=False)[0].outputs[0].text
+        history.append({"role": "assistant", "content": reply})
+        print(f"model> {reply}")
+
+
+def _demo(args) -> None:
+    from ..demo.run import run_demo
+
+    run_demo(args.cache_dir, recompile=args.recompile)
+
+
+def _add_sampling_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--max-tokens", type=int, default=32)
+    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--ignore-eos", action="store_true")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bucketserve", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("compile", help="compile a Hugging Face checkpoint into a bucketserve directory")
+    p.add_argument("model", help="checkpoint directory or a hub id in the local HF cache")
+    p.add_argument("out", help="directory to save the compiled model to")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--max-seq-len", type=int, default=2048)
+    p.add_argument("--tensor-parallel-size", type=int, default=1)
+    p.add_argument("--decoder-batch-sizes", type=int, nargs="+", default=None)
+    p.add_argument("--kvcache-block-size", type=int, default=0)
+    p.add_argument("--kvcache-num-blocks", type=int, default=0)
+    p.add_argument("--prefill-chunk-size", type=int, default=128)
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--compiler", default="aoti", choices=["aoti", "eager"])
+    p.set_defaults(func=_compile)
+
+    p = sub.add_parser("generate", help="generate from prompts with a compiled directory")
+    p.add_argument("model", help="compiled directory")
+    p.add_argument("prompts", nargs="+")
+    _add_sampling_arguments(p)
+    p.set_defaults(func=_generate)
+
+    p = sub.add_parser("chat", help="chat interactively with a compiled directory")
+    p.add_argument("model", help="compiled directory")
+    _add_sampling_arguments(p)
+    p.set_defaults(func=_chat)
+
+    p = sub.add_parser("demo", help="compile a small built-in random model and run the seed's three conversation groups")
+    p.add_argument("--cache-dir", default=None, help="where the built model is kept (default ~/.cache/bucketserve/demo)")
+    p.add_argument("--recompile", action="store_true", help="rebuild and recompile even if cached")
+    p.set_defaults(func=_demo)
+
+    p = sub.add_parser("serve", help="OpenAI-compatible HTTP server over a compiled directory")
+    try:
+        from .openai.server import add_serve_arguments, run_server
+    except ImportError:  # the server module is optional at import time
+        add_serve_arguments = run_server = None
+    if add_serve_arguments is not None:
+        add_serve_arguments(p)
+        p.set_defaults(func=run_server)
+
+    p = sub.add_parser("bench", help="benchmark the decoder buckets against peers")
+    try:
+        from ..bench.main import add_bench_arguments, run_bench
+    except ImportError:
+        add_bench_arguments = run_bench = None
+    if add_bench_arguments is not None:
+        add_bench_arguments(p)
+        p.set_defaults(func=run_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if not hasattr(args, "func"):
+        print(f"bucketserve {args.command} is not available in this build", file=sys.stderr)
+        return 2
+    args.func(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,153 @@
+"""The vLLM-compatible offline API: LLM(model=...).generate / .chat / .get_stats."""
+from __future__ import annotations
+
+import time
+from typing import Any, Sequence as Seq
+
+from tqdm.auto import tqdm
+
+from ..engine.llm_engine import EngineConfig, LLMEngine
+from ..engine.outputs import RequestOutput
+from ..engine.sampling_params import SamplingParams
+from ..modeling import AutoModelForCausalLM
+
+# vLLM engine arguments a script may pass that have no effect here (no GPU memory pool to size, etc.).
+IGNORED_VLLM_ARGS = ("trust_remote_code", "gpu_memory_utilization", "enforce_eager", "disable_log_stats",
+                     "swap_space", "enable_prefix_caching", "disable_custom_all_reduce")
+
+
+class LLM:
+    def __init__(self, model: str, device: str = "auto", max_num_seqs: int | None = None,
+                 max_num_batched_tokens: int | None = None, max_model_len: int | None = None,
+                 block_size: int | None = None, tokenizer: str | None = None, dtype: str = "auto",
+                 tensor_parallel_size: int | None = None, seed: int | None = None, **kwargs: Any):
+        unknown = sorted(set(kwargs) - set(IGNORED_VLLM_ARGS))
+        if unknown:
+            raise TypeError(f"LLM() got unexpected arguments {unknown}")
+        self.model = AutoModelForCausalLM.from_pretrained(model)
+        compiled = self.model.compile_config
+        _check_device(device, compiled.device, model)
+        _check_same("dtype", dtype, compiled.dtype, "dtype", allow_auto=True)
+        _check_same("tensor_parallel_size", tensor_parallel_size, compiled.tensor_parallel_size, "tensor_parallel_size")
+        _check_same("max_num_seqs", max_num_seqs, compiled.batch_size, "batch_size")
+        _check_same("max_model_len", max_model_len, compiled.max_seq_len, "max_seq_len")
+        _check_same("block_size", block_size, compiled.kvcache_block_size, "kvcache_block_size")
+        max_model_len = compiled.max_seq_len
+        if max_num_batched_tokens is not None and max_num_batched_tokens < max_model_len:
+            raise ValueError(
+                f"max_num_batched_tokens {max_num_batched_tokens} is smaller than max_model_len {max_model_len}; "
+                f"a full-length prompt could never be scheduled"
+            )
+        from transformers import AutoTokenizer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(tokenizer or model)
+        if seed is not None:
+            import torch
+
+            torch.manual_seed(seed)
+        config = EngineConfig(
+            max_num_seqs=compiled.batch_size,
+            max_num_batched_tokens=max_num_batched_tokens or max_model_len,
+            max_model_len=max_model_len,
+            block_size=compiled.kvcache_block_size,
+        )
+        self.llm_engine = LLMEngine(self.model, self.tokenizer, config)
+
+    def get_tokenizer(self):
+        return self.tokenizer
+
+    def generate(self, prompts, sampling_params: SamplingParams | Seq[SamplingParams] | None = None,
+                 use_tqdm: bool = True) -> list[RequestOutput]:
+        items = _as_prompt_list(prompts)
+        params = _params_per_prompt(sampling_params, len(items))
+        encoded = [self._encode(item) for item in items]
+        for _, token_ids in encoded:  # reject bad prompts before any request starts
+            self.llm_engine.validate_prompt(token_ids)
+        ids = []
+        for (text, token_ids), p in zip(encoded, params):
+            ids.append(self.llm_engine.new_request_id())
+            self.llm_engine.add_request(ids[-1], text, token_ids, p)
+        return self._run(ids, use_tqdm)
+
+    def chat(self, messages, sampling_params=None, use_tqdm: bool = True, chat_template: str | None = None,
+             add_generation_prompt: bool = True) -> list[RequestOutput]:
+        conversations = [messages] if messages and isinstance(messages[0], dict) else list(messages)
+        prompts = [
+            self.tokenizer.apply_chat_template(conv, chat_template=chat_template, tokenize=False,
+                                               add_generation_prompt=add_generation_prompt)
+            for conv in conversations
+        ]
+        return self.generate(prompts, sampling_params, use_tqdm)
+
+    def get_stats(self) -> dict:
+        return self.llm_engine.get_stats()
+
+    def _encode(self, item) -> tuple[str | None, list[int]]:
+        if isinstance(item, str):
+            return item, self.tokenizer.encode(item, add_special_tokens=True)
+        if isinstance(item, dict) and "prompt_token_ids" in item:
+            return item.get("prompt"), list(item["prompt_token_ids"])
+        if isinstance(item, dict) and "prompt" in item:
+            return item["prompt"], self.tokenizer.encode(item["prompt"], add_special_tokens=True)
+        raise TypeError(f"a prompt must be a str or a dict with 'prompt' or 'prompt_token_ids', got {type(item).__name__}")
+
+    def _run(self, request_ids: list[str], use_tqdm: bool) -> list[RequestOutput]:
+        engine = self.llm_engine
+        finished: dict[str, RequestOutput] = {}
+        bar = tqdm(total=len(request_ids), desc="Processed prompts", dynamic_ncols=True, disable=not use_tqdm)
+        started, prompt_tokens, output_tokens = time.perf_counter(), 0, 0
+        with bar:
+            while engine.has_unfinished_requests():
+                for out in engine.step():
+                    if out.finished:
+                        finished[out.request_id] = out
+                        bar.update(1)
+                        prompt_tokens += len(out.prompt_token_ids)
+                        output_tokens += sum(len(c.token_ids) for c in out.outputs)
+                        elapsed = time.perf_counter() - started
+                        bar.set_postfix_str(
+                            f"est. speed input: {prompt_tokens / elapsed:.2f} toks/s, output: {output_tokens / elapsed:.2f} toks/s"
+                        )
+        return [finished[i] for i in request_ids]
+
+
+def _as_prompt_list(prompts) -> list:
+    if isinstance(prompts, (str, dict)):
+        return [prompts]
+    items = list(prompts)
+    if not items:
+        raise ValueError("generate needs at least one prompt")
+    return items
+
+
+def _params_per_prompt(sampling_params, count: int) -> list[SamplingParams]:
+    if sampling_params is None:
+        return [SamplingParams()] * count
+    if isinstance(sampling_params, SamplingParams):
+        return [sampling_params] * count
+    params = list(sampling_params)
+    if len(params) != count:
+        raise ValueError(f"got {len(params)} SamplingParams for {count} prompts; give one, or one per prompt")
+    return params
+
+
+def _check_same(name: str, given, compiled, compiled_name: str, allow_auto: bool = False) -> None:
+    if given is None or (allow_auto and given == "auto"):
+        return
+    if given != compiled:
+        raise ValueError(
+            f"{name}={given!r} differs from the compiled {compiled_name}={compiled!r}; pass {name}={compiled!r} "
+            f"or leave it out, or recompile with {compiled_name}={given!r}"
+        )
+
+
+def _check_device(device: str, compiled_device: str, model: str) -> None:
+    if device in ("auto", None):
+        return
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"device {device!r} is not supported; use 'cpu', 'cuda' or 'auto'")
+    if device != compiled_device:
+        raise ValueError(
+            f"device {device!r} was asked for, but {model} was compiled for {compiled_device!r}; "
+            f"use device={compiled_device!r}, or recompile with device={device!r}"
+        )
