@@ -59,6 +59,7 @@ def build_tokenizer(directory: Path, vocab_size: int = 512) -> int:
         "eos_token": "<|im_end|>",
         "pad_token": "<|endoftext|>",
         "unk_token": None,
+        "additional_special_tokens": ["<|im_start|>"],
         "model_max_length": 1 << 20,
         "clean_up_tokenization_spaces": False,
         "chat_template": CHAT_TEMPLATE,

@@ -10,12 +10,13 @@ PROMPT_CONTEXT_TOKENS = 5  # prompt tokens kept in the window so the first outpu
 
 
 class Detokenizer:
-    def __init__(self, tokenizer, prompt_token_ids: list[int], skip_special_tokens: bool,
+    def __init__(self, tokenizer, special_ids: set[int], prompt_token_ids: list[int], skip_special_tokens: bool,
                  stop_strings: list[str], include_stop_str_in_output: bool):
         self.tokenizer = tokenizer
         self.skip_special_tokens = skip_special_tokens
         self.stop_strings = stop_strings
         self.include_stop_str_in_output = include_stop_str_in_output
+        self.special_ids = special_ids  # special_token_ids(tokenizer), computed once by the engine
         self.tokens = self._to_tokens(prompt_token_ids[-PROMPT_CONTEXT_TOKENS:])
         self.prefix_offset = 0
         self.read_offset = len(self.tokens)
@@ -23,8 +24,9 @@ class Detokenizer:
         self.stop_hold = max((len(s) for s in stop_strings), default=1) - 1
 
     def _to_tokens(self, token_ids: list[int]) -> list[str]:
-        tokens = self.tokenizer.convert_ids_to_tokens(token_ids, skip_special_tokens=self.skip_special_tokens)
-        return [t for t in tokens if t is not None]
+        if self.skip_special_tokens:
+            token_ids = [t for t in token_ids if t not in self.special_ids]
+        return [t for t in self.tokenizer.convert_ids_to_tokens(token_ids) if t is not None]
 
     def add_token(self, token_id: int, check_stop: bool) -> str | None:
         """Append one token's text; returns the stop string it completed (text then cut there), if any."""
@@ -54,3 +56,10 @@ class Detokenizer:
         if finished or not self.stop_hold:
             return self.text
         return self.text[: max(0, len(self.text) - self.stop_hold)]
+
+
+def special_token_ids(tokenizer) -> set[int]:
+    """Ids tokenizer.decode(skip_special_tokens=True) drops: the special tokens and added tokens marked special."""
+    ids = set(tokenizer.all_special_ids)
+    ids.update(i for i, token in getattr(tokenizer, "added_tokens_decoder", {}).items() if getattr(token, "special", False))
+    return ids

@@ -10,7 +10,7 @@ import torch
 
 from ..modeling import BucketModelForCausalLM
 from .block_manager import BlockManager
-from .detokenizer import Detokenizer
+from .detokenizer import Detokenizer, special_token_ids
 from .outputs import RequestOutput
 from .request import Request
 from .sampler import Sample, Sampler, position_logprobs
@@ -37,6 +37,7 @@ class LLMEngine:
         self.scheduler = Scheduler(config.max_num_seqs, config.max_num_batched_tokens, self.block_manager)
         self.eos_token_ids = _eos_token_ids(model, tokenizer)
         self.sampler = Sampler(self.eos_token_ids, self._decode_token)
+        self.special_ids = special_token_ids(tokenizer)
         self.vocab_size = model.model_config.vocab_size
         self.requests: dict[str, Request] = {}
         self._request_counter = itertools.count()
@@ -71,7 +72,7 @@ class LLMEngine:
             generator = None
             if params.seed is not None:
                 generator = torch.Generator().manual_seed(params.seed + index)
-            detokenizer = Detokenizer(self.tokenizer, prompt_token_ids, params.skip_special_tokens,
+            detokenizer = Detokenizer(self.tokenizer, self.special_ids, prompt_token_ids, params.skip_special_tokens,
                                       params.stop_strings, params.include_stop_str_in_output)
             seqs.append(Sequence(request_id, index, list(prompt_token_ids), params, detokenizer, generator))
         request = Request(request_id, prompt, list(prompt_token_ids), seqs, arrival_time or time.time())
@@ -179,6 +180,7 @@ class LLMEngine:
             "padded_rows": runner.padded_rows,
             "num_running": self.scheduler.num_running,
             "num_waiting": self.scheduler.num_waiting,
+            "num_preemptions": self.scheduler.num_preemptions,
             "free_blocks": self.block_manager.num_free_blocks,
             "usable_blocks": self.block_manager.num_usable_blocks,
         }

@@ -21,6 +21,7 @@ class Scheduler:
         self.block_manager = block_manager
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
+        self.num_preemptions = 0
 
     @property
     def num_running(self) -> int:
@@ -65,6 +66,7 @@ class Scheduler:
         return plan
 
     def _preempt(self, seq: Sequence) -> None:
+        self.num_preemptions += 1
         self.running.remove(seq)
         self.block_manager.free(seq)
         seq.status = Status.WAITING

@@ -1,0 +1,162 @@
+"""The engine through the vLLM-style API: bucket choice, continuous batching, invariance, limits."""
+from __future__ import annotations
+
+import pytest
+import torch
+import transformers
+
+from bucketserve import LLM, AutoModelForCausalLM, SamplingParams
+
+GREEDY = SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True)
+
+
+def hf_greedy(checkpoint, prompt_ids: list[int], max_new_tokens: int) -> list[int]:
+    model = transformers.AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32).eval()
+    out = model.generate(torch.tensor([prompt_ids]), max_new_tokens=max_new_tokens, do_sample=False,
+                         eos_token_id=None, pad_token_id=0)
+    return out[0, len(prompt_ids):].tolist()
+
+
+@pytest.fixture(scope="module")
+def compiled_llm(compiled_dir):
+    return LLM(model=str(compiled_dir), device="cpu", max_num_seqs=8, max_model_len=256, block_size=64)
+
+
+@pytest.fixture(scope="module")
+def eager_llm(eager_dir):
+    return LLM(model=str(eager_dir))
+
+
+def prompts(n: int) -> list[str]:
+    topics = ["rain", "stars", "bread", "rivers", "music", "glass", "sand", "wind", "ice", "salt"]
+    return [f"Tell me about {topics[i % len(topics)]} number {i}." for i in range(n)]
+
+
+def test_greedy_output_is_batch_invariant_across_decoders(compiled_llm):
+    batch = prompts(8)
+    alone = compiled_llm.generate(batch[:1], GREEDY, use_tqdm=False)[0].outputs[0].token_ids
+    among_three = compiled_llm.generate(batch[:3], GREEDY, use_tqdm=False)[0].outputs[0].token_ids  # 4-decoder, 1 padding row
+    among_eight = compiled_llm.generate(batch, GREEDY, use_tqdm=False)[0].outputs[0].token_ids
+    assert len(alone) == GREEDY.max_tokens
+    assert alone == among_three == among_eight
+
+
+def test_engine_matches_hf_greedy(compiled_llm, tiny_checkpoint):
+    out = compiled_llm.generate(prompts(3), GREEDY, use_tqdm=False)
+    for o in out:
+        assert o.outputs[0].token_ids == hf_greedy(tiny_checkpoint, o.prompt_token_ids, GREEDY.max_tokens)
+
+
+def test_twenty_requests_with_eight_rows_complete_in_order(compiled_llm, tiny_checkpoint):
+    batch = prompts(20)
+    params = [SamplingParams(temperature=0.0, max_tokens=4 + i % 7, ignore_eos=True) for i in range(20)]
+    outputs = compiled_llm.generate(batch, params, use_tqdm=False)
+    assert [o.prompt for o in outputs] == batch
+    for o, p in zip(outputs, params):
+        assert o.finished and o.outputs[0].finish_reason == "length"
+        assert len(o.outputs[0].token_ids) == p.max_tokens
+    for o in outputs[::6]:  # spot-check correctness against HF
+        assert o.outputs[0].token_ids == hf_greedy(tiny_checkpoint, o.prompt_token_ids, len(o.outputs[0].token_ids))
+    stats = compiled_llm.get_stats()
+    assert stats["num_running"] == 0 and stats["free_blocks"] == stats["usable_blocks"]
+
+
+@pytest.mark.parametrize("decoder_batch_sizes, expected", [
+    ([8, 4, 1], {1: 1, 2: 4, 3: 4, 4: 4, 5: 8, 6: 8, 7: 8, 8: 8}),
+    ([8, 2], {1: 2, 2: 2, 3: 8, 4: 8, 5: 8, 6: 8, 7: 8, 8: 8}),
+])
+def test_bucket_choice_for_every_running_count(tiny_checkpoint, tmp_path, decoder_batch_sizes, expected):
+    AutoModelForCausalLM.from_pretrained(tiny_checkpoint, export=True, compiler="eager", batch_size=8, max_seq_len=128,
+                                         decoder_batch_sizes=decoder_batch_sizes).save_pretrained(tmp_path)
+    llm = LLM(model=str(tmp_path), max_num_batched_tokens=2048)  # admit all n prompts in one step
+    steps = 3
+    for n in range(1, 9):
+        before = llm.get_stats()
+        llm.generate(prompts(n), SamplingParams(temperature=0.0, max_tokens=steps + 1, ignore_eos=True), use_tqdm=False)
+        after = llm.get_stats()
+        ran = {b: after["decode_steps_per_decoder"][b] - before["decode_steps_per_decoder"][b] for b in decoder_batch_sizes}
+        # The first token comes from prefill; each of the other `steps` tokens is one decode step of all n.
+        assert ran == {b: (steps if b == expected[n] else 0) for b in decoder_batch_sizes}, n
+        assert after["padded_rows"] - before["padded_rows"] == steps * (expected[n] - n)
+
+
+def test_finished_sequences_drop_to_a_smaller_decoder(eager_llm):
+    before = eager_llm.get_stats()["decode_steps_per_decoder"]
+    params = [SamplingParams(temperature=0.0, max_tokens=3, ignore_eos=True)] * 7 + \
+             [SamplingParams(temperature=0.0, max_tokens=10, ignore_eos=True)]
+    eager_llm.generate(prompts(8), params, use_tqdm=False)
+    after = eager_llm.get_stats()["decode_steps_per_decoder"]
+    assert after[8] - before[8] == 2  # all eight together for tokens 2 and 3
+    assert after[1] - before[1] == 7  # the long one alone for tokens 4..10
+
+
+def test_prompt_too_long_fails_clearly_and_disturbs_nothing(eager_llm):
+    tokenizer = eager_llm.get_tokenizer()
+    too_long = {"prompt_token_ids": [5] * 256}
+    with pytest.raises(ValueError, match="max_model_len 256"):
+        eager_llm.generate([prompts(1)[0], too_long], GREEDY, use_tqdm=False)
+    stats = eager_llm.get_stats()
+    assert stats["num_running"] == stats["num_waiting"] == 0
+    out = eager_llm.generate(prompts(1), GREEDY, use_tqdm=False)
+    assert len(out[0].outputs[0].token_ids) == GREEDY.max_tokens
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        eager_llm.generate({"prompt_token_ids": [len(tokenizer) + 100]}, GREEDY, use_tqdm=False)
+
+
+def test_generation_reaching_max_model_len_ends_with_length(eager_llm):
+    out = eager_llm.generate({"prompt_token_ids": [7] * 250}, SamplingParams(temperature=0.0, max_tokens=None, ignore_eos=True), use_tqdm=False)[0]
+    assert out.outputs[0].finish_reason == "length"
+    assert len(out.prompt_token_ids) + len(out.outputs[0].token_ids) == 256
+
+
+def test_small_kv_cache_preempts_and_still_matches(tiny_checkpoint, tmp_path):
+    # 5 usable blocks of 64 tokens: not enough for 8 sequences of ~100 tokens, so some are preempted and recomputed.
+    AutoModelForCausalLM.from_pretrained(tiny_checkpoint, export=True, compiler="eager", batch_size=8, max_seq_len=256,
+                                         kvcache_block_size=64, kvcache_num_blocks=6, decoder_batch_sizes=[8, 4, 1]
+                                         ).save_pretrained(tmp_path)
+    llm = LLM(model=str(tmp_path))
+    params = SamplingParams(temperature=0.0, max_tokens=80, ignore_eos=True)
+    outputs = llm.generate(prompts(8), params, use_tqdm=False)
+    assert llm.get_stats()["num_preemptions"] > 0
+    reference = LLM(model=str(tmp_path)).generate(prompts(1), params, use_tqdm=False)[0]
+    assert outputs[0].outputs[0].token_ids == reference.outputs[0].token_ids
+    assert all(len(o.outputs[0].token_ids) == 80 for o in outputs)
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("max_num_seqs", 4, "batch_size=8"),
+    ("max_model_len", 512, "max_seq_len=256"),
+    ("block_size", 256, "kvcache_block_size=64"),
+    ("max_num_batched_tokens", 100, "smaller than max_model_len 256"),
+    ("device", "cuda", "compiled for 'cpu'"),
+    ("device", "tpu", "not supported"),
+])
+def test_engine_options_must_match_what_was_compiled(eager_dir, option, value, message):
+    with pytest.raises(ValueError, match=message):
+        LLM(model=str(eager_dir), **{option: value})
+
+
+def test_unknown_engine_argument_is_an_error(eager_dir):
+    with pytest.raises(TypeError, match="no_such_option"):
+        LLM(model=str(eager_dir), no_such_option=1)
+
+
+def test_outputs_carry_vllm_fields_and_metrics(eager_llm):
+    out = eager_llm.generate(["Hello"], SamplingParams(temperature=0.0, max_tokens=3, ignore_eos=True), use_tqdm=False)[0]
+    completion = out.outputs[0]
+    assert out.request_id and out.prompt == "Hello" and out.finished
+    assert out.prompt_token_ids == eager_llm.get_tokenizer().encode("Hello")
+    assert completion.index == 0 and completion.finish_reason == "length" and completion.stop_reason is None
+    assert completion.cumulative_logprob is not None and completion.cumulative_logprob < 0
+    m = out.metrics
+    assert m.arrival_time <= m.first_scheduled_time <= m.first_token_time <= m.finished_time
+
+
+def test_chat_applies_the_template(eager_llm):
+    conversation = [{"role": "user", "content": "Hi there"}]
+    via_chat = eager_llm.chat(conversation, GREEDY, use_tqdm=False)[0]
+    templated = eager_llm.get_tokenizer().apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
+    assert via_chat.prompt == templated
+    assert via_chat.outputs[0].token_ids == eager_llm.generate(templated, GREEDY, use_tqdm=False)[0].outputs[0].token_ids
+    two = eager_llm.chat([conversation, [{"role": "user", "content": "Bye"}]], GREEDY, use_tqdm=False)
+    assert len(two) == 2 and two[0].outputs[0].token_ids == via_chat.outputs[0].token_ids
