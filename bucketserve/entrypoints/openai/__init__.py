@@ -1,0 +1,1 @@
+"""The OpenAI-compatible HTTP server: `bucketserve serve OUT-DIR` (see server.py)."""

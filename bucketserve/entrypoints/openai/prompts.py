@@ -1,0 +1,74 @@
+"""From a request's prompt (text, token ids, or chat messages) to checked token ids: inside the
+vocabulary, and leaving room for max_tokens within max_model_len."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .context import ServerContext
+from .errors import bad_request
+from .protocol import ChatMessage
+
+
+@dataclass
+class Prompt:
+    text: str | None  # None when the request gave token ids
+    token_ids: list[int]
+
+    def echo_text(self, tokenizer) -> str:
+        return self.text if self.text is not None else tokenizer.decode(self.token_ids)
+
+
+def completion_prompts(ctx: ServerContext, prompt) -> list[Prompt]:
+    """A completions `prompt`: a string, a list of strings, token ids, or a list of token-id lists."""
+    items = [prompt] if isinstance(prompt, str) or (prompt and isinstance(prompt[0], int)) else list(prompt)
+    prompts = []
+    for item in items:
+        if isinstance(item, str):
+            prompts.append(Prompt(item, ctx.tokenizer.encode(item, add_special_tokens=True)))
+        else:
+            prompts.append(Prompt(None, list(item)))
+    return prompts
+
+
+def chat_prompt(ctx: ServerContext, messages: list[ChatMessage], add_generation_prompt: bool) -> Prompt:
+    text = render_chat(ctx, messages, add_generation_prompt)
+    # The chat template writes any special tokens itself.
+    return Prompt(text, ctx.tokenizer.encode(text, add_special_tokens=False))
+
+
+def render_chat(ctx: ServerContext, messages: list[ChatMessage], add_generation_prompt: bool) -> str:
+    conversation = [{"role": m.role, "content": _content_text(m.content), **({"name": m.name} if m.name else {})}
+                    for m in messages]
+    try:
+        return ctx.tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=add_generation_prompt)
+    except Exception as error:  # a template may reject a conversation (roles out of order, ...): the caller's input
+        raise bad_request(f"the model's chat template rejected these messages: {error}", param="messages") from error
+
+
+def _content_text(content) -> str:
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    return "\n".join(part.text for part in content)
+
+
+def check_prompt(ctx: ServerContext, prompt: Prompt, max_tokens: int | None, param: str = "prompt") -> int:
+    """Reject a prompt the model cannot run; returns max_tokens, filled in with the room left when None."""
+    ids = prompt.token_ids
+    if not ids:
+        raise bad_request("the prompt is empty after tokenization; give at least one token", param=param)
+    bad = [token for token in ids if token >= ctx.vocab_size]
+    if bad:
+        raise bad_request(f"prompt token ids {bad[:5]} are outside the vocabulary [0, {ctx.vocab_size})", param=param)
+    room = ctx.max_model_len - len(ids)
+    if max_tokens is None:
+        if room < 1:
+            raise bad_request(f"the prompt has {len(ids)} tokens but the model's context is {ctx.max_model_len}; "
+                              f"shorten it to at most {ctx.max_model_len - 1} tokens", param=param, code="context_length_exceeded")
+        return room
+    if max_tokens > room:
+        raise bad_request(f"the prompt has {len(ids)} tokens and max_tokens asks for {max_tokens} more, over the model's "
+                          f"context of {ctx.max_model_len}; lower max_tokens to at most {max(room, 0)} or shorten the prompt",
+                          param="max_tokens", code="context_length_exceeded")
+    return max_tokens

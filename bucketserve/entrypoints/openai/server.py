@@ -1,0 +1,146 @@
+"""`bucketserve serve OUT-DIR`: the FastAPI app (routes only; handlers live in serving_*.py) and its
+uvicorn wiring. The engine thread starts with the app and stops after uvicorn has drained connections."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import secrets
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from ...engine.async_engine import AsyncLLMEngine
+from .context import ServerContext
+from .errors import OpenAIError, install_error_handlers
+from .metrics import ServerMetrics
+from .protocol import (ChatCompletionRequest, CompletionRequest, DetokenizeRequest, ErrorResponse, ModelCard,
+                       ModelList, TokenizeChatRequest, TokenizeCompletionRequest, dump)
+from .serving_chat import create_chat_completion
+from .serving_completion import create_completion
+from .serving_tokens import detokenize, tokenize, tokenizer_info
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MAX_WAITING = 256
+DEFAULT_SHUTDOWN_TIMEOUT_S = 10
+ERROR_RESPONSES = {status: {"model": ErrorResponse} for status in (400, 401, 404, 503)}
+
+
+def load_server_context(model_dir: str | Path, served_model_name: str | None = None,
+                        max_waiting: int = DEFAULT_MAX_WAITING, api_key: str | None = None) -> ServerContext:
+    """Load a compiled directory into an engine (not started yet) and everything the handlers need."""
+    from transformers import AutoTokenizer
+
+    from ..llm import LLM
+
+    if max_waiting < 0:
+        raise ValueError(f"max_waiting is {max_waiting}; give 0 (no queue) or more")
+    llm = LLM(model=str(model_dir))
+    metrics = ServerMetrics()
+    engine = AsyncLLMEngine(llm.llm_engine, observer=metrics)
+    metrics.watch(engine)
+    return ServerContext(engine=engine, tokenizer=AutoTokenizer.from_pretrained(str(model_dir)), metrics=metrics,
+                         served_model_name=served_model_name or Path(model_dir).name, model_dir=str(model_dir),
+                         max_waiting=max_waiting, api_key=api_key)
+
+
+def build_app(ctx: ServerContext) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        ctx.engine.start(asyncio.get_running_loop())
+        try:
+            yield
+        finally:
+            await ctx.engine.shutdown()
+
+    app = FastAPI(title="bucketserve", description="OpenAI-compatible server over a bucketserve compiled directory",
+                  lifespan=lifespan, responses=ERROR_RESPONSES)
+    app.state.ctx = ctx
+    install_error_handlers(app)
+    app.include_router(_openai_routes(ctx))
+    app.include_router(_extra_routes(ctx))
+    return app
+
+
+def _openai_routes(ctx: ServerContext) -> APIRouter:
+    async def check_api_key(request: Request) -> None:
+        if ctx.api_key is None:
+            return
+        given = request.headers.get("authorization", "")
+        scheme, _, token = given.partition(" ")
+        if scheme.lower() != "bearer" or not secrets.compare_digest(token.encode(), ctx.api_key.encode()):
+            raise OpenAIError(401, "missing or wrong API key; send the key given to --api-key as 'Authorization: Bearer KEY'",
+                              code="invalid_api_key")
+
+    router = APIRouter(prefix="/v1", dependencies=[Depends(check_api_key)])
+
+    @router.get("/models", response_model=ModelList)
+    async def models() -> JSONResponse:
+        card = ModelCard(id=ctx.served_model_name, root=ctx.model_dir, max_model_len=ctx.max_model_len)
+        return JSONResponse(dump(ModelList(data=[card])))
+
+    @router.post("/completions")
+    async def completions(body: CompletionRequest, request: Request) -> Response:
+        return await create_completion(ctx, body, request)
+
+    @router.post("/chat/completions")
+    async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
+        return await create_chat_completion(ctx, body, request)
+
+    return router
+
+
+def _extra_routes(ctx: ServerContext) -> APIRouter:
+    router = APIRouter()
+
+    @router.get("/health")
+    async def health() -> Response:
+        return Response(status_code=200 if ctx.engine.is_running else 503)
+
+    @router.post("/tokenize")
+    async def tokenize_route(body: TokenizeCompletionRequest | TokenizeChatRequest) -> JSONResponse:
+        return JSONResponse(dump(tokenize(ctx, body)))
+
+    @router.post("/detokenize")
+    async def detokenize_route(body: DetokenizeRequest) -> JSONResponse:
+        return JSONResponse(dump(detokenize(ctx, body)))
+
+    @router.get("/tokenizer_info")
+    async def tokenizer_info_route() -> JSONResponse:
+        return JSONResponse(dump(tokenizer_info(ctx)))
+
+    @router.get("/metrics")
+    async def metrics() -> Response:
+        return Response(ctx.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    return router
+
+
+# ---- command line ----
+def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", help="compiled directory (bucketserve compile / save_pretrained)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on /v1 routes")
+    parser.add_argument("--served-model-name", default=None, help="the model id clients use (default: the directory name)")
+    parser.add_argument("--max-waiting", type=int, default=DEFAULT_MAX_WAITING,
+                        help="requests allowed to wait for a running slot; more get 503")
+    parser.add_argument("--shutdown-timeout", type=float, default=DEFAULT_SHUTDOWN_TIMEOUT_S,
+                        help="seconds in-flight requests get to finish on SIGINT/SIGTERM before they are aborted")
+    parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+
+
+def run_server(args: argparse.Namespace) -> None:
+    import uvicorn
+
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    ctx = load_server_context(args.model, args.served_model_name, args.max_waiting, args.api_key)
+    logger.info("serving %s as %r on http://%s:%d/v1", args.model, ctx.served_model_name, args.host, args.port)
+    # uvicorn handles SIGINT/SIGTERM: it stops accepting, gives open requests --shutdown-timeout seconds, cancels
+    # the rest (which aborts their engine requests), then runs the lifespan exit that stops the engine thread.
+    uvicorn.run(build_app(ctx), host=args.host, port=args.port, log_level=args.log_level,
+                timeout_graceful_shutdown=args.shutdown_timeout)

@@ -1,0 +1,36 @@
+"""vLLM's tokenizer endpoints: POST /tokenize (a prompt, or chat messages through the template),
+POST /detokenize, GET /tokenizer_info."""
+from __future__ import annotations
+
+from .context import ServerContext
+from .errors import bad_request
+from .prompts import render_chat
+from .protocol import (DetokenizeRequest, DetokenizeResponse, TokenizeChatRequest, TokenizeCompletionRequest,
+                       TokenizeResponse, TokenizerInfo)
+
+
+def tokenize(ctx: ServerContext, body: TokenizeCompletionRequest | TokenizeChatRequest) -> TokenizeResponse:
+    ctx.check_model(body.model)
+    if isinstance(body, TokenizeChatRequest):
+        text = render_chat(ctx, body.messages, body.add_generation_prompt)
+        tokens = ctx.tokenizer.encode(text, add_special_tokens=False)
+    else:
+        tokens = ctx.tokenizer.encode(body.prompt, add_special_tokens=body.add_special_tokens)
+    return TokenizeResponse(count=len(tokens), max_model_len=ctx.max_model_len, tokens=tokens)
+
+
+def detokenize(ctx: ServerContext, body: DetokenizeRequest) -> DetokenizeResponse:
+    ctx.check_model(body.model)
+    bad = [token for token in body.tokens if token >= ctx.vocab_size]
+    if bad:
+        raise bad_request(f"token ids {bad[:5]} are outside the vocabulary [0, {ctx.vocab_size})", param="tokens")
+    return DetokenizeResponse(prompt=ctx.tokenizer.decode(body.tokens))
+
+
+def tokenizer_info(ctx: ServerContext) -> TokenizerInfo:
+    tokenizer = ctx.tokenizer
+    return TokenizerInfo(
+        tokenizer_class=type(tokenizer).__name__, vocab_size=ctx.vocab_size, max_model_len=ctx.max_model_len,
+        bos_token=tokenizer.bos_token, eos_token=tokenizer.eos_token, pad_token=tokenizer.pad_token,
+        chat_template=getattr(tokenizer, "chat_template", None),
+    )
