@@ -1,0 +1,63 @@
+"""The seed's two scripts (ported: imports and device changed) and the command line, run as a user would."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bucketserve.demo.checkpoint import build_random_checkpoint
+from bucketserve.entrypoints.cli import main as cli_main
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def run(*args: str, timeout: int = 600) -> str:
+    done = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
+def test_seed_scripts_compile_then_serve(tmp_path):
+    # The seed compiles with max_seq_len 8192, so the checkpoint must allow that many positions.
+    checkpoint = build_random_checkpoint(tmp_path / "hf", shape="tiny", max_position_embeddings=8192)
+    compiled = tmp_path / "rbln-dynamic"
+    run(str(EXAMPLES / "compile_dynamic_batch.py"), str(checkpoint), str(compiled))
+    assert sorted(p.name for p in (compiled / "graphs").iterdir()) == [
+        "decoder_batch_1.pt2", "decoder_batch_4.pt2", "decoder_batch_8.pt2", "prefill.pt2"]
+    stdout = run(str(EXAMPLES / "serve_dynamic_batch.py"), str(compiled))
+    lines = [line for line in stdout.splitlines() if line.startswith("Prompt: ")]
+    assert len(lines) == 1 + 4 + 8
+    assert all("Generated text: " in line for line in lines)
+    assert "What is sustainable development?" in lines[-1]
+
+
+def test_cli_compile_and_generate(tiny_checkpoint, tmp_path, capsys):
+    out = tmp_path / "compiled"
+    assert cli_main(["compile", str(tiny_checkpoint), str(out), "--batch-size", "4", "--max-seq-len", "128",
+                     "--decoder-batch-sizes", "4", "2", "1", "--compiler", "eager"]) == 0
+    assert "decoders [4, 2, 1]" in capsys.readouterr().out
+    assert cli_main(["generate", str(out), "one", "two", "three", "--max-tokens", "5", "--ignore-eos"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("Prompt: ") == 3
+    assert "batch 4: 4" in printed  # 3 prompts ran their 4 decode steps on the 4-decoder
+
+
+def test_cli_rejects_a_bad_option(tiny_checkpoint, tmp_path):
+    with pytest.raises(ValueError, match="decoder_batch_sizes value 16 is larger than batch_size 8"):
+        cli_main(["compile", str(tiny_checkpoint), str(tmp_path / "x"), "--decoder-batch-sizes", "16", "--compiler", "eager"])
+
+
+def test_cli_chat_reads_turns_until_eof(eager_dir, monkeypatch, capsys):
+    turns = iter(["Hello", "And then?"])
+
+    def fake_input(prompt=""):
+        try:
+            return next(turns)
+        except StopIteration:
+            raise EOFError
+
+    monkeypatch.setattr("builtins.input", fake_input)
+    assert cli_main(["chat", str(eager_dir), "--max-tokens", "4"]) == 0
+    assert capsys.readouterr().out.count("model> ") == 2
