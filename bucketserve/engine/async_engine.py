@@ -170,18 +170,28 @@ class AsyncLLMEngine:
     def _run(self) -> None:
         logger.info("engine thread started")
         try:
-            while True:
-                commands = self._take_commands(block=not self._tracked)
-                for position, command in enumerate(commands):
-                    if isinstance(command, _Stop):
-                        self._end_all(EngineStoppedError("the server is shutting down"), commands[position + 1:])
-                        return
-                    self._apply(command)
-                if self._tracked:
-                    self._step()
-                self.stats = self._engine.get_stats()
+            self._serve_commands_and_step()
+        except BaseException as error:  # a bug here must not leave callers waiting forever
+            logger.exception("the engine thread failed")
+            self._stopping = True
+            self._end_all(EngineStepError(f"the engine thread failed: {error!r}"))
+            self._refuse_queued([])
         finally:
+            self.stats = self._engine.get_stats()
             logger.info("engine thread stopped")
+
+    def _serve_commands_and_step(self) -> None:
+        while True:
+            commands = self._take_commands(block=not self._tracked)
+            for position, command in enumerate(commands):
+                if isinstance(command, _Stop):
+                    self._end_all(EngineStoppedError("the server is shutting down"))
+                    self._refuse_queued(commands[position + 1:])
+                    return
+                self._apply(command)
+            if self._tracked:
+                self._step()
+            self.stats = self._engine.get_stats()
 
     def _take_commands(self, block: bool) -> list:
         commands = [self._commands.get()] if block else []
@@ -214,7 +224,7 @@ class AsyncLLMEngine:
             outputs = self._engine.step(streaming=True)
         except Exception as error:
             logger.exception("engine step failed; aborting the %d requests in it", len(self._tracked))
-            self._end_all(EngineStepError(f"the engine step failed: {error!r}"), [])
+            self._end_all(EngineStepError(f"the engine step failed: {error!r}"))
             return
         self._observer.step_finished(time.perf_counter() - started)
         deliveries = []
@@ -234,7 +244,7 @@ class AsyncLLMEngine:
                 del self._tracked[output.request_id]
         self._send(deliveries)
 
-    def _end_all(self, error: Exception, unapplied: list) -> None:
+    def _end_all(self, error: Exception) -> None:
         deliveries = []
         for request_id, tracked in self._tracked.items():
             try:
@@ -244,9 +254,9 @@ class AsyncLLMEngine:
             deliveries.append((tracked.stream, error))
         self._tracked.clear()
         self._send(deliveries)
-        if not isinstance(error, EngineStoppedError):
-            return
-        # Adds queued behind the stop never reach the engine; tell their callers.
+
+    def _refuse_queued(self, unapplied: list) -> None:
+        """Adds queued behind a stop never reach the engine; tell their callers."""
         for command in unapplied + self._take_commands(block=False):
             if isinstance(command, _Add):
                 stopped = EngineStoppedError("the server is shutting down")

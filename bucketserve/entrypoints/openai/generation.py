@@ -98,6 +98,7 @@ async def until_disconnect(request: Request, work: Awaitable[T]) -> T:
         watcher.cancel()
         if not task.done():
             task.cancel()
+            await asyncio.wait({task})  # let its finally blocks run before anyone looks at it
     if task.cancelled():
         raise ClientDisconnected()
     return task.result()
@@ -107,6 +108,10 @@ async def _disconnected(request: Request) -> None:
     # The body has been read, so the next ASGI message is the disconnect (or never comes).
     while (await request.receive())["type"] != "http.disconnect":
         pass
+
+
+# What a request can meet once it is in the engine: it was aborted, the server stopped, or a step failed.
+ENGINE_ERRORS = (RequestAbortedError, EngineStepError)
 
 
 def engine_error(error: Exception) -> OpenAIError:

@@ -38,8 +38,10 @@ class SamplingFields(RequestModel):
     """Sampling options shared by completions and chat (vLLM's extras included)."""
     model: str | None = None
     n: int = Field(1, ge=1, le=MAX_CHOICES)
-    temperature: float | None = Field(None, ge=0)
-    top_p: float | None = Field(None, gt=0, le=1)
+    temperature: float | None = Field(None, ge=0, le=1e4)  # above float32's range, logits / temperature is NaN
+    # Lower bounds tighter than vLLM's "> 0": the sampler works in float32, where a top_p below ~1e-45 is 0
+    # (every token filtered out) and logits / a tiny repetition_penalty overflow to inf.
+    top_p: float | None = Field(None, ge=1e-6, le=1)
     top_k: int | None = Field(None, ge=-1)
     min_p: float | None = Field(None, ge=0, le=1)
     seed: int | None = Field(None, ge=-MAX_SEED, le=MAX_SEED)
@@ -51,7 +53,7 @@ class SamplingFields(RequestModel):
     skip_special_tokens: bool = True
     presence_penalty: float | None = Field(None, ge=-2, le=2)
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
-    repetition_penalty: float | None = Field(None, gt=0, le=100)
+    repetition_penalty: float | None = Field(None, ge=0.01, le=100)
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = None

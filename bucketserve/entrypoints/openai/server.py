@@ -22,6 +22,7 @@ from .protocol import (ChatCompletionRequest, CompletionRequest, DetokenizeReque
 from .serving_chat import create_chat_completion
 from .serving_completion import create_completion
 from .serving_tokens import detokenize, tokenize, tokenizer_info
+from .sse import DONE, event
 
 logger = logging.getLogger(__name__)
 
@@ -60,10 +61,41 @@ def build_app(ctx: ServerContext) -> FastAPI:
     app = FastAPI(title="bucketserve", description="OpenAI-compatible server over a bucketserve compiled directory",
                   lifespan=lifespan, responses=ERROR_RESPONSES)
     app.state.ctx = ctx
+    app.add_middleware(EndCancelledRequests)
     install_error_handlers(app)
     app.include_router(_openai_routes(ctx))
     app.include_router(_extra_routes(ctx))
     return app
+
+
+class EndCancelledRequests:
+    """uvicorn cancels requests still open when its graceful-shutdown timeout ends (their engine requests are
+    aborted by then, in each handler's finally). Answer them properly instead of with a traceback: a 503 if
+    nothing was sent yet, else an error event and [DONE] to end the stream."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        sent_headers: list = []
+
+        async def send_tracked(message) -> None:
+            if message["type"] == "http.response.start":
+                sent_headers.append(dict(message.get("headers", [])))
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_tracked)
+        except asyncio.CancelledError:
+            logger.warning("%s %s was cut short by the server shutting down", scope.get("method"), scope.get("path"))
+            error = OpenAIError(503, "the server is shutting down; retry on another server")
+            if not sent_headers:
+                await error.response()(scope, receive, send)
+            elif sent_headers[0].get(b"content-type", b"").startswith(b"text/event-stream"):
+                body = (event(error.body()) + DONE).encode()
+                await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
 def _openai_routes(ctx: ServerContext) -> APIRouter:
@@ -142,5 +174,10 @@ def run_server(args: argparse.Namespace) -> None:
     logger.info("serving %s as %r on http://%s:%d/v1", args.model, ctx.served_model_name, args.host, args.port)
     # uvicorn handles SIGINT/SIGTERM: it stops accepting, gives open requests --shutdown-timeout seconds, cancels
     # the rest (which aborts their engine requests), then runs the lifespan exit that stops the engine thread.
-    uvicorn.run(build_app(ctx), host=args.host, port=args.port, log_level=args.log_level,
-                timeout_graceful_shutdown=args.shutdown_timeout)
+    # After a clean shutdown uvicorn re-raises the signal it caught, so SIGTERM ends the process with the
+    # usual 143; SIGINT comes back as KeyboardInterrupt, which needs no traceback.
+    try:
+        uvicorn.run(build_app(ctx), host=args.host, port=args.port, log_level=args.log_level,
+                    timeout_graceful_shutdown=args.shutdown_timeout)
+    except KeyboardInterrupt:
+        logger.info("stopped by SIGINT")

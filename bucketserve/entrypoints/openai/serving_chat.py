@@ -9,11 +9,10 @@ import uuid
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 
-from ...engine.async_engine import RequestAbortedError
 from ...engine.outputs import CompletionOutput, RequestOutput
 from .context import ServerContext
 from .errors import bad_request
-from .generation import ClientDisconnected, abort_unfinished, engine_error, final_outputs, follow, start_requests, until_disconnect
+from .generation import ENGINE_ERRORS, ClientDisconnected, abort_unfinished, engine_error, final_outputs, follow, start_requests, until_disconnect
 from .logprobs import chat_logprobs
 from .prompts import chat_prompt, check_prompt
 from .protocol import (AssistantMessage, ChatChoice, ChatChunkChoice, ChatCompletionChunk, ChatCompletionRequest,
@@ -65,7 +64,7 @@ async def create_chat_completion(ctx: ServerContext, body: ChatCompletionRequest
         (output,) = await until_disconnect(request, final_outputs(streams))
     except ClientDisconnected:
         return Response(status_code=499)  # nobody reads it
-    except RequestAbortedError as error:
+    except ENGINE_ERRORS as error:
         return engine_error(error).response()
     finally:
         abort_unfinished(ctx, streams)
@@ -111,6 +110,6 @@ async def _stream(run: ChatRun, streams):
                 yield event(run.chunk([choice], run.usage(output) if continuous else None))
         if options and options.include_usage:
             yield event(run.chunk([], run.usage(latest)))
-    except RequestAbortedError as error:
+    except ENGINE_ERRORS as error:
         yield event(engine_error(error).body())
     yield DONE

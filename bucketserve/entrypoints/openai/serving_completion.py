@@ -12,11 +12,10 @@ import uuid
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 
-from ...engine.async_engine import RequestAbortedError
 from ...engine.outputs import CompletionOutput, RequestOutput
 from .context import ServerContext
 from .errors import bad_request
-from .generation import ClientDisconnected, abort_unfinished, engine_error, final_outputs, follow, start_requests, until_disconnect
+from .generation import ENGINE_ERRORS, ClientDisconnected, abort_unfinished, engine_error, final_outputs, follow, start_requests, until_disconnect
 from .logprobs import completion_logprobs
 from .prompts import Prompt, check_prompt, completion_prompts
 from .protocol import CompletionChoice, CompletionRequest, CompletionResponse, Usage, dump
@@ -91,7 +90,7 @@ async def create_completion(ctx: ServerContext, body: CompletionRequest, request
         outputs = await until_disconnect(request, final_outputs(streams))
     except ClientDisconnected:
         return Response(status_code=499)  # nobody reads it
-    except RequestAbortedError as error:
+    except ENGINE_ERRORS as error:
         return engine_error(error).response()
     finally:
         abort_unfinished(ctx, streams)
@@ -129,6 +128,6 @@ async def _stream(run: CompletionRun, streams):
                 yield event(run.response([choice], usage))
         if options and options.include_usage:
             yield event(run.response([], run.usage(latest)))
-    except RequestAbortedError as error:
+    except ENGINE_ERRORS as error:
         yield event(engine_error(error).body())
     yield DONE
