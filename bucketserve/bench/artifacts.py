@@ -1,0 +1,103 @@
+"""The benchmark's model files: the random checkpoint and its compiled directories, cached between runs.
+
+Each compiled directory is keyed by the options that shape it and by the source of the code that writes
+its graphs (models/, compiler/), so a change to the model code recompiles instead of timing stale graphs.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .. import AutoModelForCausalLM
+from ..demo.checkpoint import build_random_checkpoint
+from .options import BenchOptions
+
+PACKAGE_DIR = Path(__file__).resolve().parent.parent
+GRAPH_SOURCES = ("models", "compiler")
+
+
+@dataclass
+class CompiledSystem:
+    name: str  # "[8, 4, 1]", "[8]" or "eager"
+    directory: Path
+    compile_seconds: dict[str, float]  # per graph, from the manifest (when the directory was compiled)
+    load_seconds: float  # this run's from_pretrained(directory)
+    model: object  # the loaded BucketModelForCausalLM
+
+
+def system_name(decoder_batch_sizes) -> str:
+    return "[" + ", ".join(str(b) for b in decoder_batch_sizes) + "]"
+
+
+def _source_digest() -> str:
+    digest = hashlib.sha256()
+    for folder in GRAPH_SOURCES:
+        for path in sorted((PACKAGE_DIR / folder).glob("*.py")):
+            digest.update(path.name.encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def _key(parts: dict) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def checkpoint_dir(options: BenchOptions) -> Path:
+    """The random-weight checkpoint of options.shape, built once per (shape, seed)."""
+    directory = options.cache_dir / f"checkpoint-{options.shape}-{_key({'shape': options.shape, 'seed': options.seed})}"
+    if not (directory / "model.safetensors").is_file():
+        shutil.rmtree(directory, ignore_errors=True)
+        partial = directory.with_name(directory.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        build_random_checkpoint(partial, shape=options.shape, seed=options.seed)
+        partial.rename(directory)
+    return directory
+
+
+def compile_options(options: BenchOptions, decoder_batch_sizes, compiler: str = "aoti") -> dict:
+    return dict(batch_size=options.batch_size, max_seq_len=options.max_seq_len, dtype=options.dtype,
+                decoder_batch_sizes=list(decoder_batch_sizes), prefill_chunk_size=options.prefill_chunk_size,
+                compiler=compiler)
+
+
+def compiled_dir(options: BenchOptions, decoder_batch_sizes) -> Path:
+    """The AOTInductor directory for these decoders, compiled once per options and model source."""
+    parts = {**compile_options(options, decoder_batch_sizes), "shape": options.shape, "seed": options.seed,
+             "torch": torch.__version__, "source": _source_digest()}
+    sizes = "-".join(str(b) for b in decoder_batch_sizes)
+    directory = options.cache_dir / f"compiled-{options.shape}-{sizes}-{_key(parts)}"
+    if options.recompile:
+        shutil.rmtree(directory, ignore_errors=True)
+    if not (directory / "bucketserve_manifest.json").is_file():
+        source = checkpoint_dir(options)
+        print(f"compiling {options.shape} with decoders {list(decoder_batch_sizes)} (cached in {directory}) ...", flush=True)
+        model = AutoModelForCausalLM.from_pretrained(source, export=True, **compile_options(options, decoder_batch_sizes))
+        partial = directory.with_name(directory.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        model.save_pretrained(partial)
+        del model
+        partial.rename(directory)
+    return directory
+
+
+def load_compiled(options: BenchOptions, decoder_batch_sizes) -> CompiledSystem:
+    directory = compiled_dir(options, decoder_batch_sizes)
+    started = time.perf_counter()
+    model = AutoModelForCausalLM.from_pretrained(directory)
+    load_seconds = time.perf_counter() - started
+    return CompiledSystem(system_name(decoder_batch_sizes), directory, dict(model.manifest["compile_seconds"]),
+                          load_seconds, model)
+
+
+def load_eager(options: BenchOptions, decoder_batch_sizes) -> CompiledSystem:
+    """The same model code run uncompiled (compiler="eager"): nothing to cache, building is the load."""
+    started = time.perf_counter()
+    model = AutoModelForCausalLM.from_pretrained(
+        checkpoint_dir(options), export=True, **compile_options(options, decoder_batch_sizes, compiler="eager"))
+    return CompiledSystem("eager", model.directory, {}, time.perf_counter() - started, model)

@@ -1,0 +1,193 @@
+"""`bucketserve bench`: every scenario for every system in one process run; a table, a JSON file, plots.
+
+    bucketserve bench            # SmolLM2-135M shape, fp32, max_seq_len 2048 (compiles are cached)
+    bucketserve bench --quick    # a tiny model, seconds
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import sys
+import time
+import traceback
+
+import torch
+
+from . import arrivals, artifacts, baselines, memory, plots, profile, report, roofline, scenarios, targets
+from .options import BUCKETS, PEERS, SINGLE, BenchOptions, build_options
+from .workload import load_tokenizer
+
+RESULTS_FILE = "bench.json"
+
+
+def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--quick", action="store_true", help="a tiny model and few tokens: the whole run in seconds")
+    parser.add_argument("--shape", default=None, help="built-in model shape (smollm2-135m, demo, tiny)")
+    parser.add_argument("--max-seq-len", dest="max_seq_len", type=int, default=None)
+    parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16"])
+    parser.add_argument("--prompt-len", dest="prompt_len", type=int, default=None)
+    parser.add_argument("--new-tokens", dest="new_tokens", type=int, default=None)
+    parser.add_argument("--step-repeats", dest="step_repeats", type=int, default=None)
+    parser.add_argument("--arrival-requests", dest="arrival_requests", type=int, default=None)
+    parser.add_argument("--threads", type=int, default=None, help="torch and llama.cpp threads (default: every core)")
+    parser.add_argument("--skip", nargs="+", default=[], metavar="PEER", help=f"peers to leave out: {', '.join(PEERS)}")
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--cache-dir", dest="cache_dir", default=None, help="compiled models (default ~/.cache/bucketserve/bench)")
+    parser.add_argument("--out-dir", dest="out_dir", default=None, help="bench.json and plots (default ./bench-results)")
+    parser.add_argument("--recompile", action="store_true", default=None, help="compile again even if cached")
+
+
+def run_bench(args) -> dict:
+    options = build_options(args)
+    torch.set_num_threads(options.threads)
+    started = time.perf_counter()
+    results = Bench(options).run()
+    results["bench_seconds"] = time.perf_counter() - started
+    results["machine"]["load_average_at_end"] = os.getloadavg()
+    report.write_json(results, options.out_dir / RESULTS_FILE)
+    print(report.format_table(results))
+    print(f"\nresults: {options.out_dir / RESULTS_FILE}" + "".join(f", {p}" for p in results["plots"]))
+    return results
+
+
+class Bench:
+    """One run: loads each system in turn, runs its scenarios, and collects every figure in `results`."""
+
+    def __init__(self, options: BenchOptions):
+        self.options = options
+        self.results: dict = {
+            "command": " ".join(["bucketserve"] + sys.argv[1:]) if sys.argv and sys.argv[0].endswith("bucketserve") else None,
+            "options": options.to_dict(), "machine": roofline.machine_info(), "systems": {}, "step_latency": {},
+            "groups": {}, "arrivals": {}, "greedy_agreement": {}, "profile": {}, "skipped": {}, "plots": [],
+        }
+
+    def log(self, message: str) -> None:
+        print(f"[bench {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+    def run(self) -> dict:
+        options, results = self.options, self.results
+        self.log("measuring memory read bandwidth")
+        results["memory_bandwidth"] = roofline.read_bandwidth()
+        bandwidth = results["memory_bandwidth"]["bytes_per_second"]
+        checkpoint = artifacts.checkpoint_dir(options)
+        for sizes in (BUCKETS, SINGLE):
+            artifacts.compiled_dir(options, sizes)  # compile now (or find it cached), before anything is loaded
+        tokenizer = load_tokenizer(checkpoint)
+        vocab = len(tokenizer)
+        loaded = {}
+        for sizes in (BUCKETS, SINGLE):
+            self.log(f"loading decoders {list(sizes)}")
+            system = artifacts.load_compiled(options, sizes)
+            results["systems"][system.name] = self._system_info(system, memory.resident_after_load(system.directory, options.threads))
+            loaded[system.name] = system.model
+        if "eager" in options.peers:
+            self.log("building the eager engine")
+            system = artifacts.load_eager(options, BUCKETS)
+            results["systems"]["eager"] = self._system_info(system, {})
+            loaded["eager"] = system.model
+        for name, model in loaded.items():
+            self.log(f"step latency: {name}")
+            results["step_latency"][name] = scenarios.step_latency(model, options, bandwidth)
+        for name, model in loaded.items():
+            self.log(f"seed groups: {name}")
+            results["groups"][name] = scenarios.groups(model, tokenizer, options)
+        self._peers(checkpoint, vocab)
+        self._arrivals(loaded, tokenizer)
+        self.log("profiling one decode step")
+        results["profile"] = profile.profile_decode_step(loaded, tokenizer, options)
+        results["greedy_agreement"] = greedy_agreement(results["groups"])
+        for groups in results["groups"].values():
+            for group in groups.values():
+                if isinstance(group, dict):
+                    group.pop("token_ids", None)
+        results["targets"] = targets.judge(results)
+        missing = plots.matplotlib_missing()
+        if missing:
+            print(f"plots skipped: {missing}", flush=True)
+            results["skipped"]["plots"] = missing
+        else:
+            results["plots"] = [str(p) for p in plots.write_plots(results, options.out_dir)]
+        return results
+
+    def _system_info(self, system: artifacts.CompiledSystem, memory_info: dict) -> dict:
+        runner = system.model.runner
+        return {"directory": str(system.directory), "compiler": system.model.compile_config.compiler,
+                "decoder_batch_sizes": list(system.model.compile_config.decoder_batch_sizes),
+                "compile_seconds": system.compile_seconds, "compile_seconds_total": sum(system.compile_seconds.values()),
+                "load_seconds": system.load_seconds, "weight_bytes": runner.weight_bytes,
+                "kv_cache_bytes": runner.kv_cache.nbytes, "memory": memory_info}
+
+    def _peers(self, checkpoint, vocab: int) -> None:
+        options, results = self.options, self.results
+        if "hf" in options.peers or "hf-static" in options.peers:
+            hf_model = baselines.load_hf(checkpoint)
+            for peer, static in (("hf", False), ("hf-static", True)):
+                if peer in options.peers:
+                    self.log(f"peer: {peer}")
+                    self._peer(peer, baselines.hf_groups, hf_model, options, vocab, static)
+            del hf_model
+            gc.collect()
+        if "llama.cpp" in options.peers:
+            self.log("peer: llama.cpp")
+            self._peer("llama.cpp", _llama_cpp, checkpoint, options, vocab)
+
+    def _peer(self, name: str, run, *run_args) -> None:
+        try:
+            outcome = run(*run_args)
+        except Exception as err:  # a peer that cannot run here is skipped with its reason, never fatal
+            traceback.print_exc()
+            outcome = {"skipped": f"{type(err).__name__}: {err}"}
+        if "skipped" in outcome:
+            print(f"skipping peer {name}: {outcome['skipped']}", flush=True)
+            self.results["skipped"][name] = outcome["skipped"]
+        self.results["groups"][name] = outcome
+
+    def _arrivals(self, loaded: dict, tokenizer) -> None:
+        options, results = self.options, self.results
+        single = artifacts.system_name(SINGLE)
+        # One service time: new_tokens steps at the [8] decoder's pace in the group of 8.
+        per_token = results["groups"][single]["8"]["seconds"] / options.new_tokens
+        service = options.new_tokens * per_token
+        offsets = arrivals.arrival_offsets(options.arrival_requests, service, options.seed)
+        results["arrivals"]["schedule"] = {"requests": len(offsets), "service_seconds": service, "offsets": offsets}
+        for sizes in (BUCKETS, SINGLE):
+            name = artifacts.system_name(sizes)
+            self.log(f"arrivals: {name}")
+            results["arrivals"][name] = arrivals.run_arrivals(loaded[name], tokenizer, options, offsets)
+
+
+def _llama_cpp(checkpoint, options: BenchOptions, vocab: int) -> dict:
+    try:
+        import gguf  # noqa: F401
+        import llama_cpp  # noqa: F401
+    except ImportError as err:
+        return {"skipped": f"{err.name} is not installed; pip install -e '.[bench]' (llama-cpp-python builds llama.cpp from source)"}
+    from .gguf_export import write_gguf
+
+    path = checkpoint / "model-f32.gguf"
+    if not path.is_file():
+        write_gguf(checkpoint, path.with_suffix(".partial"))
+        path.with_suffix(".partial").rename(path)
+    return baselines.llama_cpp_groups(path, options, vocab)
+
+
+def greedy_agreement(groups: dict) -> dict:
+    """How far each system's greedy tokens agree with [8, 4, 1]'s on the same prompts."""
+    reference = groups.get(artifacts.system_name(BUCKETS))
+    agreement = {}
+    for name, system in groups.items():
+        if system is reference or "skipped" in system:
+            continue
+        fractions, exact = [], 0
+        for size, group in system.items():
+            if not isinstance(group, dict) or "token_ids" not in group:
+                continue
+            for ours, theirs in zip(reference[size]["token_ids"], group["token_ids"]):
+                prefix = next((i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b), min(len(ours), len(theirs)))
+                fractions.append(prefix / max(1, len(ours)))
+                exact += ours == theirs
+        if fractions:
+            agreement[name] = {"sequences": len(fractions), "identical": exact,
+                               "mean_prefix_fraction": sum(fractions) / len(fractions)}
+    return agreement

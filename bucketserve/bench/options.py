@@ -1,0 +1,73 @@
+"""The benchmark's options: one dataclass, built once from the command line, then trusted inside."""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+# The two decoder sets every bucketserve scenario compares, and the seed page's group sizes.
+BUCKETS = (8, 4, 1)
+SINGLE = (8,)
+GROUP_SIZES = (1, 4, 8)
+PEERS = ("eager", "hf", "hf-static", "llama.cpp")
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    shape: str = "smollm2-135m"  # a SHAPES name of bucketserve.demo.checkpoint
+    max_seq_len: int = 2048
+    dtype: str = "float32"
+    prefill_chunk_size: int = 128
+    prompt_len: int = 32  # every prompt has this many tokens
+    new_tokens: int = 128  # tokens generated per request (ignore_eos)
+    step_repeats: int = 20  # timed decode steps per decoder in the step-latency scenario
+    arrival_requests: int = 24  # requests in the arrivals scenario
+    threads: int = os.cpu_count() or 1
+    peers: tuple[str, ...] = PEERS
+    quick: bool = False
+    seed: int = 0
+    cache_dir: Path = Path("~/.cache/bucketserve/bench").expanduser()
+    out_dir: Path = Path("bench-results")
+    recompile: bool = False
+
+    @property
+    def batch_size(self) -> int:
+        return max(BUCKETS)
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["cache_dir"], d["out_dir"], d["peers"] = str(self.cache_dir), str(self.out_dir), list(self.peers)
+        return d
+
+
+# --quick: a tiny model and few tokens, so the whole run (compiles included) takes seconds; the slow peer
+# (HF static cache + torch.compile) is skipped.
+QUICK = dict(shape="tiny", max_seq_len=64, prefill_chunk_size=16, prompt_len=8, new_tokens=8, step_repeats=3,
+             arrival_requests=6, peers=("eager", "hf", "llama.cpp"))
+
+
+def build_options(args) -> BenchOptions:
+    """BenchOptions from parsed arguments: --quick sets the small defaults, explicit flags win over them."""
+    values = dict(QUICK) if args.quick else {}
+    for field in dataclasses.fields(BenchOptions):
+        given = getattr(args, field.name, None)
+        if given is not None:
+            values[field.name] = given
+    if args.skip:
+        unknown = sorted(set(args.skip) - set(PEERS))
+        if unknown:
+            raise ValueError(f"--skip {unknown} names no peer; peers are {', '.join(PEERS)}")
+        values["peers"] = tuple(p for p in values.get("peers", PEERS) if p not in args.skip)
+    for name in ("cache_dir", "out_dir"):
+        if name in values:
+            values[name] = Path(values[name]).expanduser()
+    options = BenchOptions(**values)
+    if options.prompt_len + options.new_tokens > options.max_seq_len:
+        raise ValueError(
+            f"--prompt-len {options.prompt_len} + --new-tokens {options.new_tokens} exceeds --max-seq-len "
+            f"{options.max_seq_len}; lower one of them or raise --max-seq-len"
+        )
+    if options.threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {options.threads}")
+    return options

@@ -1,0 +1,158 @@
+"""Where one decode step's time goes: matmuls, attention and the other kernels, the runtime's host work,
+sampling, and the engine's Python bookkeeping.
+
+- The compiled graph at full context is timed alone (its inputs built beforehand) and inside
+  model.decode (the runtime's host work is the difference). Its matmuls are timed apart: every weight
+  matrix of the model applied to `batch` rows with F.linear, the same BLAS calls the graph makes. The
+  rest of the graph (KV gather + attention, norms, rotary, SiLU) is the graph's time minus that.
+- The eager model at the same shapes under torch.profiler splits the attention into its ops.
+- An engine run of the group of 8 times every step, its decode call and its sampler call.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from collections import defaultdict
+
+import torch
+
+from .artifacts import system_name
+from .options import BUCKETS, BenchOptions
+from .scenarios import full_context_tables
+from .workload import greedy_params, make_engine, make_prompts
+
+REPEATS = 5
+MATMUL_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::linear", "aten::matmul")
+ATTENTION_OPS = ("aten::index", "aten::index_copy_", "aten::_scaled_dot_product", "aten::scaled_dot_product",
+                 "aten::_softmax", "aten::softmax", "aten::baddbmm")
+
+
+def _graph_inputs(model, batch: int) -> tuple:
+    cache = model.kv_cache
+    last = model.compile_config.max_seq_len - 1
+    tables = full_context_tables(model, batch)
+    slots = [cache.slot(t, last) for t in tables]
+    long = lambda values: torch.tensor(values, dtype=torch.long)  # noqa: E731
+    return long([1] * batch), long([last] * batch), long(slots), long(tables), cache.tensor
+
+
+def _median_seconds(call, repeats: int = REPEATS) -> float:
+    call()
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def _profiled_ops(call, repeats: int = REPEATS) -> dict[str, float]:
+    """Self CPU seconds per call of each aten op recorded while `call` runs."""
+    from torch.profiler import ProfilerActivity, profile
+
+    call()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(repeats):
+            call()
+    totals: dict[str, float] = defaultdict(float)
+    for event in prof.key_averages():
+        if event.key.startswith("aten::"):
+            totals[event.key] += event.self_cpu_time_total / 1e6 / repeats
+    return dict(sorted(totals.items(), key=lambda kv: -kv[1]))
+
+
+def _split(ops: dict[str, float]) -> dict[str, float]:
+    split = {"matmul_seconds": 0.0, "attention_seconds": 0.0, "other_ops_seconds": 0.0}
+    for name, seconds in ops.items():
+        if name.startswith(MATMUL_OPS):
+            split["matmul_seconds"] += seconds
+        elif name.startswith(ATTENTION_OPS):
+            split["attention_seconds"] += seconds
+        else:
+            split["other_ops_seconds"] += seconds
+    return split
+
+
+def _matmuls(model, batch: int):
+    """A call that applies every weight matrix (the lm_head included) to `batch` rows, as a decode step does."""
+    matrices = [m.weight for m in model.runner.model.modules() if isinstance(m, torch.nn.Linear)]
+    rows = {w.shape[1]: torch.randn(batch, w.shape[1], dtype=w.dtype) for w in matrices}
+
+    def call():
+        for weight in matrices:
+            torch.nn.functional.linear(rows[weight.shape[1]], weight)
+
+    return call
+
+
+@torch.inference_mode()
+def decoder_profile(model, batch: int, eager_model=None) -> dict:
+    inputs = _graph_inputs(model, batch)
+    graph = model.runner.decoders[batch]
+    last = model.compile_config.max_seq_len - 1
+    tables = full_context_tables(model, batch)
+    decode_seconds = _median_seconds(lambda: model.decode([1] * batch, [last] * batch, tables))
+    graph_seconds = _median_seconds(lambda: graph(*inputs))
+    matmul_seconds = _median_seconds(_matmuls(model, batch))
+    result = {
+        "batch": batch, "context_len": last + 1, "decode_seconds": decode_seconds, "graph_seconds": graph_seconds,
+        "runtime_host_seconds": max(0.0, decode_seconds - graph_seconds), "matmul_seconds": matmul_seconds,
+        "attention_and_other_kernels_seconds": max(0.0, graph_seconds - matmul_seconds),
+    }
+    if eager_model is not None:
+        eager_graph = eager_model.runner.decoders[batch]
+        eager_inputs = _graph_inputs(eager_model, batch)
+        ops = _profiled_ops(lambda: eager_graph(*eager_inputs), repeats=2)
+        result["eager"] = {**_split(ops), "top_ops_seconds": dict(list(ops.items())[:8])}
+    return result
+
+
+def engine_step_profile(model, tokenizer, options: BenchOptions, size: int = 8) -> dict:
+    """Per step of an engine run of `size` requests: total, model.decode, the sampler, and the rest."""
+    engine = make_engine(model, tokenizer)
+    decode_times, sample_times = [], []
+    original_decode, original_sampler = model.decode, engine.sampler
+
+    def timed_decode(*args, **kwargs):
+        started = time.perf_counter()
+        out = original_decode(*args, **kwargs)
+        if len(args[0]) == size:
+            decode_times.append(time.perf_counter() - started)
+        return out
+
+    def timed_sampler(logits, seqs):
+        started = time.perf_counter()
+        out = original_sampler(logits, seqs)
+        if len(seqs) == size:
+            sample_times.append(time.perf_counter() - started)
+        return out
+
+    model.decode, engine.sampler = timed_decode, timed_sampler
+    try:
+        for prompt in make_prompts(options, size, len(tokenizer), salt=size):
+            engine.add_request(engine.new_request_id(), None, prompt, greedy_params(options))
+        step_times = []
+        while engine.has_unfinished_requests():
+            before = len(decode_times)
+            started = time.perf_counter()
+            engine.step()
+            if len(decode_times) > before and engine.last_decoder_batch_size == size:
+                step_times.append(time.perf_counter() - started)
+    finally:
+        del model.decode  # back to the class's method
+        engine.sampler = original_sampler
+    decode = statistics.median(decode_times) if decode_times else None
+    sample = statistics.median(sample_times) if sample_times else None
+    step = statistics.median(step_times) if step_times else None
+    return {"requests": size, "steps": len(step_times), "step_seconds": step, "decode_seconds": decode,
+            "sampling_seconds": sample,
+            "engine_python_seconds": None if step is None else max(0.0, step - decode - sample)}
+
+
+def profile_decode_step(loaded: dict, tokenizer, options: BenchOptions) -> dict:
+    model = loaded[system_name(BUCKETS)]
+    eager = loaded.get("eager")
+    return {
+        "decoders": {str(b): decoder_profile(model, b, eager) for b in sorted(model.compile_config.decoder_batch_sizes, reverse=True)},
+        "engine_step": engine_step_profile(model, tokenizer, options),
+    }

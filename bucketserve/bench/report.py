@@ -1,0 +1,82 @@
+"""The terminal table and the JSON file of one run."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .options import GROUP_SIZES
+
+GB = 1e9
+
+
+def _ms(seconds) -> str:
+    return "-" if seconds is None else f"{seconds * 1000:8.1f}"
+
+
+def _rate(value) -> str:
+    return "-" if value is None else f"{value:8.1f}"
+
+
+def _met(met) -> str:
+    return {True: "met", False: "NOT MET", None: "not measured"}[met]
+
+
+def _value(value) -> str:
+    return "-" if value is None else f"{value:.3g}"
+
+
+def format_table(results: dict) -> str:
+    options, machine, bandwidth = results["options"], results["machine"], results["memory_bandwidth"]
+    lines = [
+        f"bucketserve bench: {options['shape']} {options['dtype']}, max_seq_len {options['max_seq_len']}, "
+        f"prompt {options['prompt_len']} + {options['new_tokens']} new tokens, {machine['threads']} threads on "
+        f"{machine['processor']} ({machine['logical_cores']} cores), torch {machine['torch']}",
+        f"memory read bandwidth: {bandwidth['bytes_per_second'] / GB:.2f} GB/s over {bandwidth['buffer_bytes'] / GB:.2f} GB",
+        "",
+        "1. decode step at full context        step ms    floor ms   x floor   weights MB  KV MB",
+    ]
+    for system, steps in results["step_latency"].items():
+        for batch, step in steps.items():
+            lines.append(f"   {system:12s} decoder {batch:>2s}        {_ms(step['median_seconds'])}   "
+                         f"{_ms(step['floor_seconds'])}   {step['ratio_to_floor']:6.2f}   "
+                         f"{step['weight_bytes'] / 1e6:9.1f}  {step['kv_bytes'] / 1e6:6.1f}")
+    lines += ["", "2. seed groups: seconds (output tok/s)   " + "   ".join(f"{s:>17d} req" for s in GROUP_SIZES) + "       total s"]
+    for system, groups in results["groups"].items():
+        if "skipped" in groups:
+            lines.append(f"   {system:12s} skipped: {groups['skipped']}")
+            continue
+        cells = [f"{groups[str(s)]['seconds']:8.2f} ({groups[str(s)]['output_tokens_per_second']:7.1f})" for s in GROUP_SIZES]
+        total = groups.get("total_seconds", sum(groups[str(s)]["seconds"] for s in GROUP_SIZES))
+        lines.append(f"   {system:12s}                  " + "   ".join(f"{c:>21s}" for c in cells) + f"   {total:8.2f}")
+    arrivals = results.get("arrivals", {})
+    if arrivals:
+        lines += ["", f"3. arrivals ({arrivals['schedule']['requests']} requests)   tok/s    TTFT p50/p90 ms    "
+                      f"TPOT p50/p90 ms   steps per decoder"]
+        for system, run in arrivals.items():
+            if system == "schedule":
+                continue
+            ttft, tpot = run["ttft_seconds"], run["time_per_output_token_seconds"]
+            steps = ", ".join(f"{b}: {n}" for b, n in run["decode_steps_per_decoder"].items())
+            lines.append(f"   {system:12s}        {_rate(run['output_tokens_per_second'])}  {_ms(ttft['p50'])}/{_ms(ttft['p90'])}"
+                         f"  {_ms(tpot['p50'])}/{_ms(tpot['p90'])}   {steps}")
+    lines += ["", "4. compile and load                     compile s (per graph)                       load s   RSS/needed"]
+    for system, info in results["systems"].items():
+        per_graph = ", ".join(f"{g}: {s:.1f}" for g, s in info.get("compile_seconds", {}).items()) or "-"
+        memory = info.get("memory", {})
+        ratio = f"{memory['ratio']:.2f}" if "ratio" in memory else "-"
+        lines.append(f"   {system:12s} {per_graph:58s} {info['load_seconds']:7.2f}   {ratio}")
+    agreement = results.get("greedy_agreement", {})
+    if agreement:
+        lines += ["", "greedy tokens equal to [8, 4, 1]'s (fraction of tokens before the first difference): "
+                  + ", ".join(f"{s} {a['mean_prefix_fraction']:.2f}" for s, a in agreement.items())]
+    if results.get("skipped"):
+        lines += [""] + [f"skipped {name}: {reason}" for name, reason in results["skipped"].items()]
+    lines += ["", "targets"]
+    for name, target in results["targets"].items():
+        lines.append(f"   {name} {_met(target['met']):12s} value {_value(target['value'])} (limit {_value(target['limit']) if not isinstance(target['limit'], dict) else target['limit']}): {target['description']}")
+    return "\n".join(lines)
+
+
+def write_json(results: dict, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2, default=str))
