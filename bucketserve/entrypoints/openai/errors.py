@@ -17,6 +17,7 @@ logger = logging.getLogger(__name__)
 ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
                405: "invalid_request_error", 413: "invalid_request_error", 503: "service_unavailable_error"}
 MAX_VALIDATION_ERRORS_SHOWN = 3
+MAX_QUOTED_INPUT_CHARS = 40
 
 
 class OpenAIError(Exception):
@@ -44,19 +45,29 @@ def validation_error(error: RequestValidationError) -> OpenAIError:
     details = error.errors()
     if any(detail.get("type") == "json_invalid" for detail in details):
         return bad_request("the request body is not valid JSON; send a JSON object with Content-Type: application/json")
-    by_field: dict[str, list[str]] = {}
+    by_field: dict[str, list[tuple[int, str]]] = {}
     for detail in details:
         location = [str(part) for part in detail.get("loc", ()) if part != "body"]
         by_field.setdefault(location[0] if location else "body", []).append(
-            f"{'.'.join(location) or 'body'}: {detail.get('msg', 'invalid value')}")
+            (len(location), f"{'.'.join(location) or 'body'}: {detail.get('msg', 'invalid value')}{_shown_input(detail)}"))
     parts = []
     for name, messages in list(by_field.items())[:MAX_VALIDATION_ERRORS_SHOWN]:
-        # A field that fails every branch of a union yields one error per branch; the first says enough.
-        parts.append(messages[0] if len(messages) == 1 else f"{name} matches none of its accepted forms ({messages[0]})")
+        # A field that fails every branch of a union yields one error per branch; the one that got deepest
+        # into the value is the branch the caller meant.
+        deepest = max(messages)[1]
+        parts.append(deepest if len(messages) == 1 else f"{name} matches none of its accepted forms; closest: {deepest}")
     if len(by_field) > MAX_VALIDATION_ERRORS_SHOWN:
         parts.append(f"and {len(by_field) - MAX_VALIDATION_ERRORS_SHOWN} more fields")
     param = next(iter(by_field), None)
     return bad_request("invalid request: " + "; ".join(parts), param=None if param == "body" else param)
+
+
+def _shown_input(detail: dict) -> str:
+    """The offending value, when it is short enough to quote."""
+    value = detail.get("input")
+    if isinstance(value, (bool, int, float)) or (isinstance(value, str) and len(value) <= MAX_QUOTED_INPUT_CHARS):
+        return f" (got {value!r})"
+    return ""
 
 
 def install_error_handlers(app: FastAPI) -> None:
