@@ -12,7 +12,8 @@ from fastapi.responses import JSONResponse, Response
 from ...engine.outputs import CompletionOutput, RequestOutput
 from .context import ServerContext
 from .errors import bad_request
-from .generation import ENGINE_ERRORS, ClientDisconnected, abort_unfinished, engine_error, final_outputs, follow, start_requests, until_disconnect
+from .generation import (ENGINE_ERRORS, ClientDisconnected, abort_unfinished, engine_error, final_outputs, follow,
+                         start_requests, until_disconnect)
 from .logprobs import chat_logprobs
 from .prompts import chat_prompt, check_prompt
 from .protocol import (AssistantMessage, ChatChoice, ChatChunkChoice, ChatCompletionChunk, ChatCompletionRequest,

@@ -15,7 +15,8 @@ from fastapi.responses import JSONResponse, Response
 from ...engine.outputs import CompletionOutput, RequestOutput
 from .context import ServerContext
 from .errors import bad_request
-from .generation import ENGINE_ERRORS, ClientDisconnected, abort_unfinished, engine_error, final_outputs, follow, start_requests, until_disconnect
+from .generation import (ENGINE_ERRORS, ClientDisconnected, abort_unfinished, engine_error, final_outputs, follow,
+                         start_requests, until_disconnect)
 from .logprobs import completion_logprobs
 from .prompts import Prompt, check_prompt, completion_prompts
 from .protocol import CompletionChoice, CompletionRequest, CompletionResponse, Usage, dump
