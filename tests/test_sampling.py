@@ -198,3 +198,21 @@ def test_detokenizer_reassembles_multibyte_characters(llm):
         pieces.append(detok.text[len(before):])
         assert "\ufffd" not in detok.text
     assert "".join(pieces) == text
+
+
+def test_extreme_but_valid_values_sample_and_a_failed_call_leaves_nothing_running(llm, monkeypatch):
+    for kw in (dict(top_p=1e-300, min_tokens=3), dict(temperature=1e300, min_tokens=3), dict(temperature=1e-4, top_k=5)):
+        out = llm.generate(PROMPT, SamplingParams(max_tokens=5, seed=1, **kw), use_tqdm=False)[0]
+        assert len(out.outputs[0].token_ids) == 5, kw
+    engine = llm.llm_engine
+
+    def broken_sampler(logits, seqs):
+        raise RuntimeError("sampler failed")
+
+    monkeypatch.setattr(engine, "sampler", broken_sampler)
+    with pytest.raises(RuntimeError, match="sampler failed"):
+        llm.generate([PROMPT, "two"], SamplingParams(max_tokens=5), use_tqdm=False)
+    monkeypatch.undo()
+    stats = llm.get_stats()
+    assert stats["num_running"] == stats["num_waiting"] == 0 and stats["free_blocks"] == stats["usable_blocks"]
+    assert len(llm.generate(PROMPT, SamplingParams(max_tokens=3), use_tqdm=False)[0].outputs[0].token_ids) == 3

@@ -55,7 +55,9 @@ class Sampler:
         if params.greedy:
             token = int(logits.argmax())
         else:
-            probs = torch.softmax(filter_logits(logits / params.temperature, params.top_k, params.top_p, params.min_p), dim=-1)
+            # Masked (-inf) entries stay masked: a huge temperature would turn -inf / inf into NaN.
+            scaled = torch.where(torch.isinf(logits), logits, logits / params.temperature)
+            probs = torch.softmax(filter_logits(scaled, params.top_k, params.top_p, params.min_p), dim=-1)
             token = int(torch.multinomial(probs, 1, generator=seq.generator))
         top = None
         if params.logprobs is not None:
@@ -88,6 +90,7 @@ def filter_logits(logits: torch.Tensor, top_k: int, top_p: float, min_p: float) 
         cumulative = sorted_logits.softmax(-1).cumsum(-1)
         # Drop a token when the tokens before it already reach top_p; the first is always kept.
         drop_sorted = (cumulative - sorted_logits.softmax(-1)) >= top_p
+        drop_sorted[0] = False  # rounding can push the first token's "before" mass above a tiny top_p
         drop = torch.zeros_like(drop_sorted).scatter(0, order, drop_sorted)
         logits = logits.masked_fill(drop, float("-inf"))
     if min_p > 0.0:

@@ -95,20 +95,31 @@ class LLM:
         engine = self.llm_engine
         finished: dict[str, RequestOutput] = {}
         bar = tqdm(total=len(request_ids), desc="Processed prompts", dynamic_ncols=True, disable=not use_tqdm)
-        started, prompt_tokens, output_tokens = time.perf_counter(), 0, 0
         with bar:
-            while engine.has_unfinished_requests():
-                for out in engine.step():
-                    if out.finished:
-                        finished[out.request_id] = out
-                        bar.update(1)
-                        prompt_tokens += len(out.prompt_token_ids)
-                        output_tokens += sum(len(c.token_ids) for c in out.outputs)
-                        elapsed = time.perf_counter() - started
-                        bar.set_postfix_str(
-                            f"est. speed input: {prompt_tokens / elapsed:.2f} toks/s, output: {output_tokens / elapsed:.2f} toks/s"
-                        )
+            try:
+                self._step_until_done(finished, bar)
+            finally:
+                # On an error (or Ctrl-C) leave nothing of this call running in the engine.
+                for request_id in request_ids:
+                    if request_id not in finished:
+                        engine.abort_request(request_id)
         return [finished[i] for i in request_ids]
+
+    def _step_until_done(self, finished: dict[str, RequestOutput], bar) -> None:
+        engine = self.llm_engine
+        started, prompt_tokens, output_tokens = time.perf_counter(), 0, 0
+        while engine.has_unfinished_requests():
+            for out in engine.step():
+                if not out.finished:
+                    continue
+                finished[out.request_id] = out
+                bar.update(1)
+                prompt_tokens += len(out.prompt_token_ids)
+                output_tokens += sum(len(c.token_ids) for c in out.outputs)
+                elapsed = time.perf_counter() - started
+                bar.set_postfix_str(
+                    f"est. speed input: {prompt_tokens / elapsed:.2f} toks/s, output: {output_tokens / elapsed:.2f} toks/s"
+                )
 
 
 def _as_prompt_list(prompts) -> list:
