@@ -27,6 +27,11 @@ def greedy_generate(model, input_ids, max_new_tokens, attention_mask=None, eos_t
         raise ValueError(
             f"prompt of {longest} tokens + max_new_tokens {max_new_tokens} exceeds max_seq_len {config.max_seq_len}"
         )
+    # Like HF generate: without explicit ids, stop and pad with the checkpoint's generation config.
+    if eos_token_id is None:
+        eos_token_id = model.generation_config.eos_token_id
+    if pad_token_id is None:
+        pad_token_id = model.generation_config.pad_token_id
     eos = {eos_token_id} if isinstance(eos_token_id, int) else set(eos_token_id or ())
     pad = pad_token_id if pad_token_id is not None else (min(eos) if eos else 0)
     # Block 0 is the reserved padding block; row i owns blocks 1 + i*blocks ... (i+1)*blocks.

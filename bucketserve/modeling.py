@@ -17,7 +17,7 @@ import torch
 
 from .compiler.build import build_compiled_directory
 from .compiler.manifest import read_manifest, verify_manifest
-from .config import CompileConfig, build_compile_config, split_rbln_aliases
+from .config import CompileConfig, build_compile_config, normalize_decoder_batch_sizes, split_rbln_aliases
 from .models.checkpoint import load_safetensors, read_hf_config, resolve_model_dir
 from .models.config import SUPPORTED_MODEL_TYPES, ModelConfig
 from .runtime.kv_cache import KVCache
@@ -37,6 +37,7 @@ class BucketModelForCausalLM:
         self.compile_config: CompileConfig = runner.compile_config
         self.model_config: ModelConfig = runner.model_config
         self._hf_config = None
+        self._generation_config = None
 
     # ---- construction ----
     @classmethod
@@ -82,7 +83,9 @@ class BucketModelForCausalLM:
         cls._check_model_type(model_config.model_type)
         for name, value in split_rbln_aliases(options).items():
             compiled = getattr(compile_config, name)
-            if (list(value) if name == "decoder_batch_sizes" else value) != (list(compiled) if name == "decoder_batch_sizes" else compiled):
+            # Compare as compiled: decoder_batch_sizes=[1, 4, 8] asks for the same decoders as (8, 4, 1).
+            wanted = normalize_decoder_batch_sizes(value, compile_config.batch_size) if name == "decoder_batch_sizes" else value
+            if wanted != compiled:
                 raise ValueError(
                     f"{name}={value!r} was given, but {directory} was compiled with {name}={compiled!r}; "
                     f"drop the option, or recompile with from_pretrained(checkpoint, export=True, {name}=...)"
@@ -111,6 +114,15 @@ class BucketModelForCausalLM:
 
             self._hf_config = AutoConfig.from_pretrained(self.directory)
         return self._hf_config
+
+    @property
+    def generation_config(self):
+        """The checkpoint's generation defaults (eos and pad token ids), as HF models expose them."""
+        if self._generation_config is None:
+            from transformers import GenerationConfig
+
+            self._generation_config = GenerationConfig.from_pretrained(self.directory)
+        return self._generation_config
 
     @property
     def kv_cache(self) -> KVCache:

@@ -31,3 +31,25 @@ def eager_dir(tiny_checkpoint, tmp_path_factory):
     out = tmp_path_factory.mktemp("tiny-eager")
     AutoModelForCausalLM.from_pretrained(tiny_checkpoint, export=True, compiler="eager", **TINY_COMPILE).save_pretrained(out)
     return out
+
+
+# The one more AOTInductor-compiled model, combining what the tiny Llama lacks: Qwen3 (q/k norms, head_dim 32
+# != hidden/heads), tied embeddings and llama3 rope scaling. Two small decoders keep its compile short.
+LLAMA3_ROPE = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+               "original_max_position_embeddings": 64}
+QWEN3_COMPILE = dict(batch_size=2, max_seq_len=128, decoder_batch_sizes=[2, 1], kvcache_block_size=32, prefill_chunk_size=16)
+
+
+@pytest.fixture(scope="session")
+def qwen3_checkpoint(tmp_path_factory):
+    """Qwen3 with head_dim 32, tied embeddings and llama3 rope scaling (original context 64 < max_seq_len)."""
+    return build_random_checkpoint(
+        tmp_path_factory.mktemp("qwen3-tied-llama3"), model_type="qwen3",
+        head_dim=32, tie_word_embeddings=True, rope_scaling=dict(LLAMA3_ROPE),  # a copy: transformers edits it
+    )
+
+
+@pytest.fixture(scope="session")
+def qwen3_compiled(qwen3_checkpoint):
+    """qwen3_checkpoint compiled with AOTInductor (QWEN3_COMPILE): the in-memory model, before any save."""
+    return AutoModelForCausalLM.from_pretrained(qwen3_checkpoint, export=True, **QWEN3_COMPILE)

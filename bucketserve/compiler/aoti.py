@@ -26,8 +26,10 @@ class LoadedGraph:
         self.runner = runner
 
     def __call__(self, *inputs):
+        # The package already rebuilds the module's output structure (a bare tensor stays bare); indexing
+        # a bare [B, vocab] tensor here would hand back its first row instead of the whole batch.
         outputs = self.runner(*inputs)
-        return outputs[0] if len(outputs) == 1 else tuple(outputs)
+        return outputs if isinstance(outputs, torch.Tensor) else tuple(outputs)
 
 
 def load_graph(package_path: Path, constants: dict[str, torch.Tensor]) -> LoadedGraph:

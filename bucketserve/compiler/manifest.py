@@ -67,7 +67,7 @@ def verify_manifest(directory: Path, check_hashes: bool = True) -> dict[str, Any
     compiled_with = manifest.get("torch_version")
     if manifest["compile_config"].get("compiler") == "aoti" and compiled_with != torch.__version__:
         raise CompiledModelError(
-            f"the graphs in {directory} were compiled with torch {compiled_with} and this is torch "
+            f"{directory / MANIFEST} says its graphs were compiled with torch {compiled_with} and this is torch "
             f"{torch.__version__}, which cannot load them; recompile the model with this torch"
         )
     for name, expected in manifest["files"].items():

@@ -27,9 +27,22 @@ class KVCache:
         """A sequence's blocks, then the dummy block up to blocks_per_sequence (those are masked anyway)."""
         if len(block_table) > self.blocks_per_sequence:
             raise ValueError(f"block table has {len(block_table)} blocks; a sequence holds at most {self.blocks_per_sequence}")
+        # A compiled graph does not bounds-check its indices, and block 0 is shared by every padding row.
+        for block in block_table:
+            if not DUMMY_BLOCK < block < self.num_blocks:
+                raise ValueError(
+                    f"block id {block} cannot hold a sequence: use 1 to {self.num_blocks - 1} "
+                    f"(block {DUMMY_BLOCK} is reserved for padding rows)"
+                )
         return list(block_table) + [DUMMY_BLOCK] * (self.blocks_per_sequence - len(block_table))
 
     def slot(self, block_table: list[int], position: int) -> int:
+        """The slot of `position` in a sequence's own (unpadded) blocks."""
+        if not 0 <= position < len(block_table) * self.block_size:
+            raise ValueError(
+                f"position {position} is outside the sequence's {len(block_table)} blocks of {self.block_size} "
+                f"tokens; give the sequence a block for every position it writes"
+            )
         return block_table[position // self.block_size] * self.block_size + position % self.block_size
 
     def dummy_slot(self, offset: int = 0) -> int:

@@ -71,13 +71,14 @@ class ModelRunner:
         if not token_ids or end > self.compile_config.max_seq_len:
             raise ValueError(f"prefill needs 1 to max_seq_len={self.compile_config.max_seq_len} tokens, got positions {start}..{end}")
         table = cache.padded_block_table(block_table)
+        cache.slot(block_table, end - 1)  # raises before any chunk runs when the blocks cannot hold the prompt
         hidden_chunks = []
         for chunk_start in range(start, end, chunk_size):
             real = min(chunk_size, end - chunk_start)
             ids = token_ids[chunk_start - start : chunk_start - start + real] + [0] * (chunk_size - real)
             positions = [min(chunk_start + i, self.compile_config.max_seq_len - 1) for i in range(chunk_size)]
             # Padding tokens of the last chunk write only into the dummy block.
-            slots = [cache.slot(table, chunk_start + i) if i < real else cache.dummy_slot(i) for i in range(chunk_size)]
+            slots = [cache.slot(block_table, chunk_start + i) if i < real else cache.dummy_slot(i) for i in range(chunk_size)]
             logits, hidden = self.prefill_graph(
                 self._tensor([ids]), self._tensor([positions]), self._tensor([slots]), self._tensor([table]),
                 self._tensor([real - 1]), cache.tensor,
@@ -93,7 +94,7 @@ class ModelRunner:
         batch = self.decoder_batch_size_for(num_seqs)
         cache = self.kv_cache
         tables = [cache.padded_block_table(t) for t in block_tables]
-        slots = [cache.slot(t, p) for t, p in zip(tables, positions)]
+        slots = [cache.slot(t, p) for t, p in zip(block_tables, positions)]
         padding = batch - num_seqs
         # Padding rows: token 0 at position 0 of the dummy block, which no sequence owns.
         logits = self.decoders[batch](

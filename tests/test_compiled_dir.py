@@ -1,0 +1,167 @@
+"""The compiled directory: save -> load gives the same logits and compiles nothing; a damaged directory fails
+with CompiledModelError naming the file; it is also a Hugging Face config and tokenizer directory."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+import transformers
+
+import bucketserve.compiler.aoti
+from bucketserve import AutoModelForCausalLM, LlamaForCausalLM
+from bucketserve.compiler.manifest import MANIFEST, CompiledModelError
+
+
+def prompts_for(model, lengths: list[int]) -> list[list[int]]:
+    generator = torch.Generator().manual_seed(0)
+    return [torch.randint(3, model.config.vocab_size, (n,), generator=generator).tolist() for n in lengths]
+
+
+def logits_of(model) -> list[torch.Tensor]:
+    """Prefill two prompts, then decode them on every compiled decoder: every logits tensor on the way."""
+    block_size = model.rbln_config.kvcache_block_size
+    prompts = prompts_for(model, [40, 17])
+    tables = [[2, 3], [1]] if block_size < 64 else [[2], [1]]
+    logits = [model.prefill(p, t).logits for p, t in zip(prompts, tables)]
+    for num_seqs in (2, 1):
+        logits.extend(model.decode([5] * num_seqs, [len(p) for p in prompts[:num_seqs]], tables[:num_seqs]))
+    return logits
+
+
+def refuse_to_compile(monkeypatch) -> None:
+    def refuse(*args, **kwargs):
+        raise AssertionError("loading a compiled directory must not compile anything")
+
+    monkeypatch.setattr(torch._inductor, "aoti_compile_and_package", refuse)
+    monkeypatch.setattr(torch.export, "export", refuse)
+    monkeypatch.setattr(bucketserve.compiler.aoti, "compile_graph", refuse)
+
+
+def test_save_then_load_gives_identical_logits_and_compiles_nothing(
+    qwen3_compiled, qwen3_checkpoint, tmp_path, monkeypatch
+):
+    qwen3_compiled.save_pretrained(tmp_path / "saved")
+    refuse_to_compile(monkeypatch)
+
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "saved")
+
+    assert loaded.rbln_config == qwen3_compiled.rbln_config
+    for ours, compiled in zip(logits_of(loaded), logits_of(qwen3_compiled), strict=True):
+        assert torch.equal(ours, compiled)
+    # The guard is real: compiling under it fails.
+    with pytest.raises(AssertionError, match="must not compile"):
+        AutoModelForCausalLM.from_pretrained(qwen3_checkpoint, export=True, max_seq_len=64)
+
+
+def test_eager_save_then_load_gives_identical_logits(tiny_checkpoint, tmp_path):
+    model = AutoModelForCausalLM.from_pretrained(
+        tiny_checkpoint, export=True, compiler="eager", batch_size=2, max_seq_len=128, kvcache_block_size=32
+    )
+    model.save_pretrained(tmp_path / "saved")
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "saved")
+    assert loaded.rbln_config == model.rbln_config
+    for ours, original in zip(logits_of(loaded), logits_of(model), strict=True):
+        assert torch.equal(ours, original)
+
+
+def damaged_copy(compiled_dir, target, damage: str):
+    shutil.copytree(compiled_dir, target)
+    if damage == "missing":
+        (target / "graphs" / "decoder_batch_4.pt2").unlink()
+        return "decoder_batch_4.pt2"
+    if damage == "truncated":
+        weights = target / "model.safetensors"
+        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+        return "model.safetensors"
+    if damage == "modified":
+        graph = target / "graphs" / "prefill.pt2"
+        data = bytearray(graph.read_bytes())
+        data[len(data) // 2] ^= 0xFF  # same size, different content
+        graph.write_bytes(bytes(data))
+        return "prefill.pt2"
+    if damage == "other torch":
+        manifest = json.loads((target / MANIFEST).read_text())
+        manifest["torch_version"] = "2.0.0"
+        (target / MANIFEST).write_text(json.dumps(manifest))
+        return MANIFEST
+    raise AssertionError(damage)
+
+
+@pytest.mark.parametrize("damage", ["missing", "truncated", "modified", "other torch"])
+def test_damaged_directory_names_the_file_and_says_recompile(compiled_dir, tmp_path, damage):
+    named = damaged_copy(compiled_dir, tmp_path / "copy", damage)
+    with pytest.raises(CompiledModelError, match="recompile") as error:
+        AutoModelForCausalLM.from_pretrained(tmp_path / "copy")
+    assert named in str(error.value)
+    if damage == "other torch":
+        assert "2.0.0" in str(error.value) and torch.__version__ in str(error.value)
+
+
+def test_a_checkpoint_is_not_a_compiled_directory(tiny_checkpoint):
+    with pytest.raises(CompiledModelError, match="export=True"):
+        AutoModelForCausalLM.from_pretrained(tiny_checkpoint)
+
+
+def test_compiled_directory_is_a_transformers_tokenizer_and_config_directory(compiled_dir, tiny_checkpoint):
+    tokenizer = transformers.AutoTokenizer.from_pretrained(compiled_dir)
+    source = transformers.AutoTokenizer.from_pretrained(tiny_checkpoint)
+    text = "the cat and the dog"
+    assert tokenizer(text).input_ids == source(text).input_ids
+    assert tokenizer.decode(tokenizer(text).input_ids) == text
+    assert tokenizer.eos_token == source.eos_token
+
+    model = AutoModelForCausalLM.from_pretrained(compiled_dir)
+    assert model.config.model_type == "llama"
+    assert model.config.num_key_value_heads == model.model_config.num_key_value_heads
+    assert model.generation_config.eos_token_id == transformers.GenerationConfig.from_pretrained(tiny_checkpoint).eos_token_id
+
+
+def test_loading_with_the_compiled_options_in_any_spelling_works(eager_dir):
+    compiled = AutoModelForCausalLM.from_pretrained(eager_dir).rbln_config
+    sizes = list(reversed(compiled.decoder_batch_sizes))  # ascending: the same set, as a user might write it
+    model = LlamaForCausalLM.from_pretrained(
+        eager_dir, export=False, batch_size=compiled.batch_size, rbln_max_seq_len=compiled.max_seq_len,
+        rbln_config={"decoder_batch_sizes": sizes},
+    )
+    assert model.rbln_config == compiled
+
+
+@pytest.mark.parametrize("option", ["batch_size", "rbln_max_seq_len", "decoder_batch_sizes", "compiler"])
+def test_loading_with_a_different_compile_option_is_an_error(eager_dir, option):
+    compiled = AutoModelForCausalLM.from_pretrained(eager_dir).rbln_config
+    different = {
+        "batch_size": compiled.batch_size // 2,
+        "rbln_max_seq_len": compiled.max_seq_len // 2,
+        "decoder_batch_sizes": [compiled.batch_size],
+        "compiler": "aoti",
+    }[option]
+    with pytest.raises(ValueError, match="recompile") as error:
+        AutoModelForCausalLM.from_pretrained(eager_dir, export=False, **{option: different})
+    assert option.removeprefix("rbln_") in str(error.value)
+
+
+def test_decode_more_sequences_than_batch_size_is_an_error(eager_dir):
+    model = AutoModelForCausalLM.from_pretrained(eager_dir)
+    too_many = model.rbln_config.batch_size + 1
+    with pytest.raises(ValueError, match=f"cannot decode {too_many} sequences") as error:
+        model.decode([5] * too_many, [0] * too_many, [[1 + i] for i in range(too_many)])
+    assert str(model.rbln_config.batch_size) in str(error.value)
+    with pytest.raises(ValueError, match=f"{too_many} prompts"):
+        model.generate(torch.ones(too_many, 4, dtype=torch.long), max_new_tokens=2)
+
+
+def test_block_tables_that_would_touch_the_padding_block_or_run_off_the_cache_are_errors(eager_dir):
+    model = AutoModelForCausalLM.from_pretrained(eager_dir)
+    config = model.rbln_config
+    prompt = prompts_for(model, [config.kvcache_block_size + 1])[0]  # needs two blocks
+    with pytest.raises(ValueError, match=f"position {config.kvcache_block_size} is outside the sequence.s 1 blocks"):
+        model.prefill(prompt, [1])
+    with pytest.raises(ValueError, match="block id 0 cannot hold a sequence"):
+        model.prefill(prompt, [0, 1])
+    with pytest.raises(ValueError, match=f"block id {config.kvcache_num_blocks} cannot hold a sequence"):
+        model.decode([5], [3], [[config.kvcache_num_blocks]])
+    # The dummy block is untouched by the refused calls; a valid table still works.
+    assert not model.kv_cache.tensor.any()
+    assert model.prefill(prompt, [1, 2]).logits.shape == (model.config.vocab_size,)
