@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .models.config import ModelConfig
+from .models.tensor_parallel import check_shardable
 
 logger = logging.getLogger(__name__)
 
@@ -108,10 +109,7 @@ def build_compile_config(options: dict[str, Any], model_config: ModelConfig) -> 
             f"bucketserve attends over the whole context, so use max_seq_len <= {model_config.sliding_window}"
         )
     tp = _positive_int("tensor_parallel_size", o.get("tensor_parallel_size", 1))
-    if tp != 1:
-        raise NotImplementedError(
-            f"tensor_parallel_size={tp} is not supported yet; compile with tensor_parallel_size=1"
-        )
+    check_shardable(model_config, tp)
     block_size = _positive_int("kvcache_block_size", o.get("kvcache_block_size", max_seq_len))
     if max_seq_len % block_size:
         raise ValueError(

@@ -17,11 +17,14 @@ import torch
 
 from .compiler.build import build_compiled_directory
 from .compiler.manifest import read_manifest, verify_manifest
+from .compiler.tensor_parallel import compile_tensor_parallel
 from .config import CompileConfig, build_compile_config, normalize_decoder_batch_sizes, split_rbln_aliases
 from .models.checkpoint import load_safetensors, read_hf_config, resolve_model_dir
 from .models.config import SUPPORTED_MODEL_TYPES, ModelConfig
 from .runtime.kv_cache import KVCache
 from .runtime.model_runner import ModelRunner, PrefillOutput
+from .runtime.rank_loader import load_rank_runner
+from .runtime.tp_runner import TensorParallelRunner
 from .runtime.weights import build_model
 
 
@@ -30,7 +33,7 @@ class BucketModelForCausalLM:
 
     model_types: tuple[str, ...] = SUPPORTED_MODEL_TYPES
 
-    def __init__(self, directory: Path, runner: ModelRunner, manifest: dict[str, Any]):
+    def __init__(self, directory: Path, runner: ModelRunner | TensorParallelRunner, manifest: dict[str, Any]):
         self.directory = directory
         self.runner = runner
         self.manifest = manifest
@@ -63,12 +66,17 @@ class BucketModelForCausalLM:
         model_config = ModelConfig.from_hf_dict(hf_config)
         cls._check_model_type(model_config.model_type)
         compile_config = build_compile_config(options, model_config)
-        model = build_model(model_config, compile_config, load_safetensors(source_dir), torch.device(compile_config.device))
         out_dir = Path(tempfile.mkdtemp(prefix="bucketserve-"))
         try:
-            build_compiled_directory(source_dir, out_dir, model, compile_config)
-            manifest = read_manifest(out_dir)
-            instance = cls(out_dir, ModelRunner(out_dir, model, compile_config), manifest)
+            if compile_config.tensor_parallel_size == 1:
+                device = torch.device(compile_config.device)
+                model = build_model(model_config, compile_config, load_safetensors(source_dir), device)
+                build_compiled_directory(source_dir, out_dir, model, compile_config)
+                runner = ModelRunner(out_dir, model, compile_config, device)  # reuses the weights just built
+            else:
+                compile_tensor_parallel(source_dir, out_dir, compile_config, model_config)
+                runner = TensorParallelRunner(out_dir, compile_config, model_config)
+            instance = cls(out_dir, runner, read_manifest(out_dir))
         except BaseException:
             shutil.rmtree(out_dir, ignore_errors=True)
             raise
@@ -90,8 +98,15 @@ class BucketModelForCausalLM:
                     f"{name}={value!r} was given, but {directory} was compiled with {name}={compiled!r}; "
                     f"drop the option, or recompile with from_pretrained(checkpoint, export=True, {name}=...)"
                 )
-        model = build_model(model_config, compile_config, load_safetensors(directory), torch.device(compile_config.device))
-        return cls(directory, ModelRunner(directory, model, compile_config), manifest)
+        if compile_config.tensor_parallel_size == 1:
+            runner = load_rank_runner(directory, compile_config, model_config, rank=0)
+        else:
+            runner = TensorParallelRunner(directory, compile_config, model_config)
+        return cls(directory, runner, manifest)
+
+    def close(self) -> None:
+        """Stop tensor-parallel workers (if any); the model cannot run afterwards. Single-process: no-op."""
+        self.runner.close()
 
     def save_pretrained(self, save_directory: str | os.PathLike) -> None:
         target = Path(save_directory)

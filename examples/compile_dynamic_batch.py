@@ -1,6 +1,5 @@
 # The seed page's first script (optimum-rbln), ported to bucketserve: only the import changed, plus the
 # model id and output directory may be given on the command line (defaults: the seed's).
-# tensor_parallel_size is 1 here: bucketserve does not shard across processes yet (see the README).
 import sys
 
 from bucketserve import LlamaForCausalLM
@@ -14,7 +13,7 @@ model = LlamaForCausalLM.from_pretrained(
     export=True,  # To compile the model, this argument must be True
     rbln_batch_size=8,  # Maximum batch size for prefill
     rbln_max_seq_len=8192,  # Maximum sequence length
-    rbln_tensor_parallel_size=1,  # Tensor parallelism
+    rbln_tensor_parallel_size=4,  # Tensor parallelism
     rbln_decoder_batch_sizes=[8, 4, 1],  # Compile decoders for batch sizes 8, 4, and 1
 )
 

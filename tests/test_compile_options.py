@@ -135,9 +135,13 @@ def test_an_option_given_twice_is_an_error(tiny_checkpoint, options):
         compile_eager(tiny_checkpoint, max_seq_len=64, **options)
 
 
-def test_tensor_parallel_is_not_implemented(tiny_checkpoint):
-    with pytest.raises(NotImplementedError, match="tensor_parallel_size=2"):
-        compile_eager(tiny_checkpoint, max_seq_len=64, tensor_parallel_size=2)
+@pytest.mark.parametrize("tp, message", [
+    (3, "num_attention_heads 4 does not divide by tensor_parallel_size 3"),
+    (8, "num_attention_heads 4 does not divide by tensor_parallel_size 8"),
+])
+def test_tensor_parallel_size_must_split_the_heads(tiny_checkpoint, tp, message):
+    with pytest.raises(ValueError, match=message):
+        compile_eager(tiny_checkpoint, max_seq_len=64, tensor_parallel_size=tp)
     assert compile_eager(tiny_checkpoint, max_seq_len=64, rbln_tensor_parallel_size=1).rbln_config.tensor_parallel_size == 1
 
 

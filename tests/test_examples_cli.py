@@ -24,8 +24,10 @@ def test_seed_scripts_compile_then_serve(tmp_path):
     checkpoint = build_random_checkpoint(tmp_path / "hf", shape="tiny", max_position_embeddings=8192)
     compiled = tmp_path / "rbln-dynamic"
     run(str(EXAMPLES / "compile_dynamic_batch.py"), str(checkpoint), str(compiled))
-    assert sorted(p.name for p in (compiled / "graphs").iterdir()) == [
-        "decoder_batch_1.pt2", "decoder_batch_4.pt2", "decoder_batch_8.pt2", "prefill.pt2"]
+    # rbln_tensor_parallel_size=4: four ranks, each with its weight shard and its own graph set.
+    for rank in range(4):
+        assert sorted(p.name for p in (compiled / f"rank{rank}" / "graphs").iterdir()) == [
+            "decoder_batch_1.pt2", "decoder_batch_4.pt2", "decoder_batch_8.pt2", "prefill.pt2"]
     stdout = run(str(EXAMPLES / "serve_dynamic_batch.py"), str(compiled))
     lines = [line for line in stdout.splitlines() if line.startswith("Prompt: ")]
     assert len(lines) == 1 + 4 + 8

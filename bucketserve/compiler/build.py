@@ -15,10 +15,10 @@ from ..config import CompileConfig
 from ..models.checkpoint import SINGLE_FILE
 from ..models.llama import LlamaForCausalLM
 from ..runtime.kv_cache import KVCache
-from ..runtime.model_runner import GRAPHS_DIR
 from ..runtime.weights import weights_to_save
 from . import aoti
 from .graph_specs import graph_specs
+from .layout import GRAPHS_DIR, rank_dir
 from .manifest import write_manifest
 
 logger = logging.getLogger(__name__)
@@ -42,29 +42,41 @@ COPIED_FILES = (
 def build_compiled_directory(
     source_dir: Path, out_dir: Path, model: LlamaForCausalLM, compile_config: CompileConfig
 ) -> None:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for name in COPIED_FILES:
-        if (source_dir / name).is_file():
-            shutil.copy2(source_dir / name, out_dir / name)
-    if not (out_dir / "generation_config.json").is_file():
-        _write_generation_config(out_dir)
-    save_file(weights_to_save(model), str(out_dir / SINGLE_FILE), metadata={"format": "pt"})
+    """The whole directory for tensor_parallel_size 1: shared files, weights, graphs, manifest."""
+    compile_seconds = write_rank_files(source_dir, out_dir, model, compile_config, rank=0, world_size=1)
+    write_manifest(out_dir, compile_config.to_dict(), model.config.to_dict(), compile_seconds)
+
+
+def write_rank_files(
+    source_dir: Path, out_dir: Path, model: LlamaForCausalLM, compile_config: CompileConfig, rank: int, world_size: int
+) -> dict[str, float]:
+    """One rank's weights and graphs (rank 0 also writes the shared files); returns seconds per graph."""
+    target = rank_dir(out_dir, rank, world_size)
+    target.mkdir(parents=True, exist_ok=True)
+    if rank == 0:
+        for name in COPIED_FILES:
+            if (source_dir / name).is_file():
+                shutil.copy2(source_dir / name, out_dir / name)
+        if not (out_dir / "generation_config.json").is_file():
+            _write_generation_config(out_dir)
+    save_file(weights_to_save(model), str(target / SINGLE_FILE), metadata={"format": "pt"})
 
     compile_seconds: dict[str, float] = {}
-    if compile_config.compiler == "aoti":
-        (out_dir / GRAPHS_DIR).mkdir(exist_ok=True)
-        # A cache to trace against; graphs take the runtime's own cache as an input later.
-        kv_cache = KVCache(model.config, compile_config, torch.device(compile_config.device)).tensor
-        specs = graph_specs(model, compile_config, kv_cache)
-        with tqdm(specs, desc="compiling graphs", unit="graph") as bar:
-            for spec in bar:
-                bar.set_postfix_str(spec.name)
-                started = time.perf_counter()
-                aoti.compile_graph(spec, out_dir / GRAPHS_DIR / f"{spec.name}.pt2")
-                compile_seconds[spec.name] = round(time.perf_counter() - started, 2)
-                logger.info("compiled %s in %.1f s", spec.name, compile_seconds[spec.name])
-        del kv_cache
-    write_manifest(out_dir, compile_config.to_dict(), model.config.to_dict(), compile_seconds)
+    if compile_config.compiler != "aoti":
+        return compile_seconds
+    (target / GRAPHS_DIR).mkdir(exist_ok=True)
+    # A cache to trace against; graphs take the runtime's own cache as an input later.
+    kv_cache = KVCache(model, compile_config, model.lm_head.weight.device).tensor
+    specs = graph_specs(model, compile_config, kv_cache)
+    prefix = "" if world_size == 1 else f"rank{rank}/"
+    with tqdm(specs, desc="compiling graphs", unit="graph", disable=rank != 0) as bar:
+        for spec in bar:
+            bar.set_postfix_str(spec.name)
+            started = time.perf_counter()
+            aoti.compile_graph(spec, target / GRAPHS_DIR / f"{spec.name}.pt2")
+            compile_seconds[prefix + spec.name] = round(time.perf_counter() - started, 2)
+            logger.info("compiled %s%s in %.1f s", prefix, spec.name, compile_seconds[prefix + spec.name])
+    return compile_seconds
 
 
 def _write_generation_config(out_dir: Path) -> None:

@@ -53,6 +53,16 @@ class LLM:
         )
         self.llm_engine = LLMEngine(self.model, self.tokenizer, config)
 
+    def close(self) -> None:
+        """Stop tensor-parallel workers; the LLM cannot generate afterwards. (Also done on garbage collection.)"""
+        self.model.close()
+
+    def __enter__(self) -> "LLM":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
     def get_tokenizer(self):
         return self.tokenizer
 

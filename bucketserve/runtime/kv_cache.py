@@ -4,19 +4,19 @@ from __future__ import annotations
 import torch
 
 from ..config import CompileConfig
-from ..models.config import ModelConfig
+from ..models.llama import LlamaForCausalLM
 
 # Block 0 is never handed to a sequence: padding rows and padding tokens write and read only here.
 DUMMY_BLOCK = 0
 
 
 class KVCache:
-    def __init__(self, model_config: ModelConfig, compile_config: CompileConfig, device: torch.device):
+    def __init__(self, model: LlamaForCausalLM, compile_config: CompileConfig, device: torch.device):
         self.block_size = compile_config.kvcache_block_size
         self.num_blocks = compile_config.kvcache_num_blocks
         self.blocks_per_sequence = compile_config.blocks_per_sequence
         self.tensor = torch.zeros(
-            cache_shape(model_config, compile_config), dtype=getattr(torch, compile_config.dtype), device=device
+            cache_shape(model, compile_config), dtype=getattr(torch, compile_config.dtype), device=device
         )
 
     @property
@@ -49,6 +49,8 @@ class KVCache:
         return DUMMY_BLOCK * self.block_size + offset % self.block_size
 
 
-def cache_shape(model_config: ModelConfig, compile_config: CompileConfig) -> tuple[int, ...]:
+def cache_shape(model: LlamaForCausalLM, compile_config: CompileConfig) -> tuple[int, ...]:
+    """[layers, 2 (k, v), slots, kv heads, head dim]; the KV heads are the model's own (a TP shard has fewer)."""
     num_slots = compile_config.kvcache_num_blocks * compile_config.kvcache_block_size
-    return (model_config.num_hidden_layers, 2, num_slots, model_config.num_key_value_heads, model_config.head_dim)
+    attention = model.model.layers[0].self_attn
+    return (len(model.model.layers), 2, num_slots, attention.num_kv_heads, attention.head_dim)

@@ -9,13 +9,11 @@ import torch
 
 from ..compiler import aoti
 from ..compiler.graph_specs import PREFILL, decoder_name, graph_constants
+from ..compiler.layout import GRAPHS_DIR
 from ..config import CompileConfig
 from ..models.config import ModelConfig
 from ..models.llama import DecoderGraph, LlamaForCausalLM, PrefillGraph
 from .kv_cache import DUMMY_BLOCK, KVCache
-
-GRAPHS_DIR = "graphs"
-
 
 @dataclass
 class PrefillOutput:
@@ -24,12 +22,13 @@ class PrefillOutput:
 
 
 class ModelRunner:
-    def __init__(self, directory: Path, model: LlamaForCausalLM, compile_config: CompileConfig):
+    def __init__(self, directory: Path, model: LlamaForCausalLM, compile_config: CompileConfig, device: torch.device):
+        """directory: the folder holding this rank's graphs/ (the compiled directory itself without TP)."""
         self.compile_config = compile_config
         self.model_config: ModelConfig = model.config
-        self.device = torch.device(compile_config.device)
+        self.device = device
         self.model = model
-        self.kv_cache = KVCache(self.model_config, compile_config, self.device)
+        self.kv_cache = KVCache(model, compile_config, device)
         self.decoder_batch_sizes = sorted(compile_config.decoder_batch_sizes)  # ascending, for bisect
         prefill, decoder = PrefillGraph(model), DecoderGraph(model)
         if compile_config.compiler == "eager":
@@ -107,6 +106,9 @@ class ModelRunner:
         self.decode_steps_per_decoder[batch] += 1
         self.padded_rows += padding
         return logits[:num_seqs]
+
+    def close(self) -> None:
+        """Nothing to release in-process; the tensor-parallel runner has workers to stop."""
 
     @torch.inference_mode()
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:

@@ -6,17 +6,22 @@ import torch
 from ..config import CompileConfig
 from ..models.config import ModelConfig
 from ..models.llama import LlamaForCausalLM
+from ..models.tensor_parallel import shard_model
 
 # Names some checkpoints carry that are derived tables, not weights.
 IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 
 
 def build_model(
-    model_config: ModelConfig, compile_config: CompileConfig, state: dict[str, torch.Tensor], device: torch.device
+    model_config: ModelConfig, compile_config: CompileConfig, state: dict[str, torch.Tensor], device: torch.device,
+    shard: tuple[int, int] | None = None,
 ) -> LlamaForCausalLM:
+    """The model around `state`; with shard=(rank, world_size), rank's tensor-parallel shard (state is its shard)."""
     dtype = getattr(torch, compile_config.dtype)
     with torch.device("meta"):
         model = LlamaForCausalLM(model_config, compile_config.max_seq_len, compile_config.kvcache_block_size)
+        if shard is not None:
+            shard_model(model, *shard)
     expected = dict(model.named_parameters())
     state = {k: v for k, v in state.items() if not k.endswith(IGNORED_SUFFIXES)}
     if model_config.tie_word_embeddings:

@@ -1,0 +1,76 @@
+"""Compiling a tensor-parallel directory: one process per rank shards the weights and compiles its graphs
+with the all-reduces inside them (functional collectives), all ranks at once since tracing needs the group.
+
+Run as `python -m bucketserve.compiler.tensor_parallel FD` for one rank (see runtime/worker_process.py).
+"""
+from __future__ import annotations
+
+import traceback
+from pathlib import Path
+
+from ..config import CompileConfig
+from ..models.checkpoint import load_safetensors
+from ..models.config import ModelConfig
+from ..models.tensor_parallel import shard_model
+from ..runtime import distributed
+from ..runtime.weights import build_model
+from ..runtime.worker_process import WorkerProcess, connection_to_parent
+from .build import write_rank_files
+from .manifest import write_manifest
+
+
+def _compile_rank(job: dict) -> dict[str, float]:
+    config = CompileConfig.from_dict(job["compile_config"])
+    rank, world_size = job["rank"], config.tensor_parallel_size
+    distributed.init_process_group(rank, world_size, job["port"], config.device)
+    try:
+        device = distributed.rank_device(config.device, rank)
+        full = build_model(ModelConfig.from_dict(job["model_config"]), config, load_safetensors(Path(job["source_dir"])), device)
+        model = shard_model(full, rank, world_size)
+        return write_rank_files(Path(job["source_dir"]), Path(job["out_dir"]), model, config, rank, world_size)
+    finally:
+        distributed.destroy_process_group()
+
+
+def compile_tensor_parallel(source_dir: Path, out_dir: Path, compile_config: CompileConfig, model_config: ModelConfig) -> None:
+    port = distributed.free_port()
+    workers = [
+        WorkerProcess(__name__, dict(rank=rank, port=port, source_dir=str(source_dir), out_dir=str(out_dir),
+                                     compile_config=compile_config.to_dict(), model_config=model_config.to_dict()),
+                      name=f"compile rank {rank}")
+        for rank in range(compile_config.tensor_parallel_size)
+    ]
+    compile_seconds: dict[str, float] = {}
+    failure = None
+    try:
+        pending = list(workers)
+        while pending and failure is None:
+            for worker in list(pending):
+                if worker.conn.poll(0.2):
+                    status, detail = worker.conn.recv()
+                    pending.remove(worker)
+                    if status == "error":
+                        failure = f"{worker.name}:\n{detail}"
+                    else:
+                        compile_seconds.update(detail)
+                elif not worker.is_alive():  # killed outright: it reports nothing
+                    failure = f"{worker.name} exited with code {worker.exitcode}"
+    finally:
+        for worker in workers:
+            worker.stop(timeout=0 if failure else 30)
+    if failure:
+        raise RuntimeError(f"tensor-parallel compilation failed on {failure}")
+    write_manifest(out_dir, compile_config.to_dict(), model_config.to_dict(), dict(sorted(compile_seconds.items())))
+
+
+def _main() -> None:
+    conn = connection_to_parent()
+    job = conn.recv()
+    try:
+        conn.send(("done", _compile_rank(job)))
+    except BaseException:
+        conn.send(("error", traceback.format_exc()))
+
+
+if __name__ == "__main__":
+    _main()

@@ -1,0 +1,92 @@
+"""Tensor parallelism as a transform over a built model (the model code has no TP branches).
+
+Megatron-style: q/k/v and gate/up are split by output (each rank keeps whole heads, a slice of the MLP),
+o_proj and down_proj by input, followed by an all-reduce that sums the ranks' partial outputs. The
+embedding and lm_head stay replicated: vocab-parallel would need one more collective per graph (an
+all-gather of the logits) and on CPU the saved memory is small next to the extra traffic; every rank then
+holds the full logits, and rank 0's are the ones used.
+
+KV heads: split when their number divides by the rank count; when ranks outnumber them (and are a
+multiple of them), each KV head is replicated on the ranks whose query heads use it.
+"""
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from .config import ModelConfig
+from .llama import LlamaForCausalLM
+
+
+def check_shardable(config: ModelConfig, world_size: int) -> None:
+    """Raise ValueError, naming the numbers, unless `config` splits evenly over `world_size` ranks."""
+    heads, kv_heads = config.num_attention_heads, config.num_key_value_heads
+    if heads % world_size:
+        raise ValueError(
+            f"num_attention_heads {heads} does not divide by tensor_parallel_size {world_size}; "
+            f"choose a tensor_parallel_size that divides {heads}"
+        )
+    if kv_heads % world_size and world_size % kv_heads:
+        raise ValueError(
+            f"num_key_value_heads {kv_heads} and tensor_parallel_size {world_size}: one must divide the other "
+            f"(split KV heads, or replicate them over ranks)"
+        )
+    if config.intermediate_size % world_size:
+        raise ValueError(
+            f"intermediate_size {config.intermediate_size} does not divide by tensor_parallel_size {world_size}"
+        )
+
+
+def kv_heads_per_rank(config: ModelConfig, world_size: int) -> int:
+    return max(1, config.num_key_value_heads // world_size)
+
+
+class AllReduceLinear(nn.Module):
+    """A linear layer split by input: each rank's partial product is summed over ranks, then the bias added."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None):
+        super().__init__()
+        self.weight = nn.Parameter(weight, requires_grad=False)
+        self.bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from torch.distributed import _functional_collectives as funcol
+
+        out = funcol.all_reduce(nn.functional.linear(x, self.weight), "sum", dist.group.WORLD)
+        return out if self.bias is None else out + self.bias
+
+
+def _rows(linear: nn.Linear, start: int, stop: int) -> None:
+    """Keep output rows [start, stop) of a linear layer (a copy, so the full tensor can be freed)."""
+    linear.weight = nn.Parameter(linear.weight[start:stop].clone(), requires_grad=False)
+    if linear.bias is not None:
+        linear.bias = nn.Parameter(linear.bias[start:stop].clone(), requires_grad=False)
+    linear.out_features = stop - start
+
+
+def _split_by_input(linear: nn.Linear, start: int, stop: int) -> AllReduceLinear:
+    return AllReduceLinear(linear.weight[:, start:stop].clone(), None if linear.bias is None else linear.bias.clone())
+
+
+def shard_model(model: LlamaForCausalLM, rank: int, world_size: int) -> LlamaForCausalLM:
+    """Turn a full model into rank `rank`'s shard of `world_size`, in place. Works on `meta` tensors too."""
+    config = model.config
+    check_shardable(config, world_size)
+    head_dim = config.head_dim
+    heads = config.num_attention_heads // world_size
+    kv_heads = kv_heads_per_rank(config, world_size)
+    # With replicated KV heads, ranks_per_kv_head consecutive ranks share one.
+    first_kv_head = rank * kv_heads if config.num_key_value_heads >= world_size else rank // (world_size // config.num_key_value_heads)
+    mlp = config.intermediate_size // world_size
+    for layer in model.model.layers:
+        attn = layer.self_attn
+        _rows(attn.q_proj, rank * heads * head_dim, (rank + 1) * heads * head_dim)
+        _rows(attn.k_proj, first_kv_head * head_dim, (first_kv_head + kv_heads) * head_dim)
+        _rows(attn.v_proj, first_kv_head * head_dim, (first_kv_head + kv_heads) * head_dim)
+        attn.o_proj = _split_by_input(attn.o_proj, rank * heads * head_dim, (rank + 1) * heads * head_dim)
+        attn.num_heads, attn.num_kv_heads = heads, kv_heads
+        _rows(layer.mlp.gate_proj, rank * mlp, (rank + 1) * mlp)
+        _rows(layer.mlp.up_proj, rank * mlp, (rank + 1) * mlp)
+        layer.mlp.down_proj = _split_by_input(layer.mlp.down_proj, rank * mlp, (rank + 1) * mlp)
+    return model

@@ -1,0 +1,21 @@
+"""Loading one rank's runner from a compiled directory: its weight shard, model and graphs."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..compiler.layout import rank_dir
+from ..config import CompileConfig
+from ..models.checkpoint import load_safetensors
+from ..models.config import ModelConfig
+from .distributed import rank_device
+from .model_runner import ModelRunner
+from .weights import build_model
+
+
+def load_rank_runner(directory: Path, compile_config: CompileConfig, model_config: ModelConfig, rank: int) -> ModelRunner:
+    world_size = compile_config.tensor_parallel_size
+    folder = rank_dir(directory, rank, world_size)
+    device = rank_device(compile_config.device, rank)
+    shard = (rank, world_size) if world_size > 1 else None
+    model = build_model(model_config, compile_config, load_safetensors(folder), device, shard=shard)
+    return ModelRunner(folder, model, compile_config, device)

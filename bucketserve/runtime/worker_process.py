@@ -1,0 +1,52 @@
+"""Helper processes started as fresh interpreters (`python -m module`), talking over a socket pair.
+
+Not multiprocessing's spawn: that re-imports the user's main script in every child, which breaks scripts
+without an `if __name__ == "__main__":` guard, such as the seed's. A child whose parent dies sees its socket
+close and exits.
+"""
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from multiprocessing.connection import Connection
+
+
+class WorkerProcess:
+    def __init__(self, module: str, payload: dict, name: str):
+        parent_end, child_end = socket.socketpair()
+        self.name = name
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", module, str(child_end.fileno())], pass_fds=[child_end.fileno()]
+        )
+        child_end.close()
+        self.conn = Connection(parent_end.detach())
+        self.conn.send(payload)
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    @property
+    def exitcode(self) -> int | None:
+        return self.process.poll()
+
+    def is_alive(self) -> bool:
+        return self.process.poll() is None
+
+    def stop(self, timeout: float) -> None:
+        try:
+            self.conn.send(("stop", None))
+        except (OSError, ValueError):
+            pass
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.conn.close()
+
+
+def connection_to_parent() -> Connection:
+    """In a worker's __main__: the socket its parent passed as argv[1]."""
+    return Connection(int(sys.argv[1]))
