@@ -31,6 +31,9 @@ def init_process_group(rank: int, world_size: int, port: int, device: str) -> No
         )
     if device == "cuda":
         torch.cuda.set_device(rank)
+    else:
+        # The ranks share this machine's cores: without this each would start one thread per core.
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size))
     os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
     dist.init_process_group(
         backend="nccl" if device == "cuda" else "gloo",
