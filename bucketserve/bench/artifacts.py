@@ -35,7 +35,9 @@ def system_name(decoder_batch_sizes) -> str:
     return "[" + ", ".join(str(b) for b in decoder_batch_sizes) + "]"
 
 
-def _source_digest() -> str:
+def source_digest() -> str:
+    """A digest of the code that writes graphs; computed once per run, so edits made meanwhile (by anyone
+    working in the tree) cannot give the two decoder sets different model code."""
     digest = hashlib.sha256()
     for folder in GRAPH_SOURCES:
         for path in sorted((PACKAGE_DIR / folder).glob("*.py")):
@@ -66,10 +68,10 @@ def compile_options(options: BenchOptions, decoder_batch_sizes, compiler: str = 
                 compiler=compiler)
 
 
-def compiled_dir(options: BenchOptions, decoder_batch_sizes) -> Path:
-    """The AOTInductor directory for these decoders, compiled once per options and model source."""
+def compiled_dir(options: BenchOptions, decoder_batch_sizes, source: str) -> Path:
+    """The AOTInductor directory for these decoders, compiled once per options and model source digest."""
     parts = {**compile_options(options, decoder_batch_sizes), "shape": options.shape, "seed": options.seed,
-             "torch": torch.__version__, "source": _source_digest()}
+             "torch": torch.__version__, "source": source}
     sizes = "-".join(str(b) for b in decoder_batch_sizes)
     directory = options.cache_dir / f"compiled-{options.shape}-{sizes}-{_key(parts)}"
     if options.recompile:
@@ -86,8 +88,8 @@ def compiled_dir(options: BenchOptions, decoder_batch_sizes) -> Path:
     return directory
 
 
-def load_compiled(options: BenchOptions, decoder_batch_sizes) -> CompiledSystem:
-    directory = compiled_dir(options, decoder_batch_sizes)
+def load_compiled(options: BenchOptions, decoder_batch_sizes, source: str) -> CompiledSystem:
+    directory = compiled_dir(options, decoder_batch_sizes, source)
     started = time.perf_counter()
     model = AutoModelForCausalLM.from_pretrained(directory)
     load_seconds = time.perf_counter() - started

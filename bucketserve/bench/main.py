@@ -71,14 +71,16 @@ class Bench:
         results["memory_bandwidth"] = roofline.read_bandwidth()
         bandwidth = results["memory_bandwidth"]["bytes_per_second"]
         checkpoint = artifacts.checkpoint_dir(options)
+        source = artifacts.source_digest()
+        results["model_source_digest"] = source
         for sizes in (BUCKETS, SINGLE):
-            artifacts.compiled_dir(options, sizes)  # compile now (or find it cached), before anything is loaded
+            artifacts.compiled_dir(options, sizes, source)  # compile now (or find it cached), before anything is loaded
         tokenizer = load_tokenizer(checkpoint)
         vocab = len(tokenizer)
         loaded = {}
         for sizes in (BUCKETS, SINGLE):
             self.log(f"loading decoders {list(sizes)}")
-            system = artifacts.load_compiled(options, sizes)
+            system = artifacts.load_compiled(options, sizes, source)
             results["systems"][system.name] = self._system_info(system, memory.resident_after_load(system.directory, options.threads))
             loaded[system.name] = system.model
         if "eager" in options.peers:
