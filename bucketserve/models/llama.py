@@ -67,6 +67,24 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return (x * cos + rotated * sin).to(x.dtype)
 
 
+def decode_attention(q, keys, values, context_mask, num_kv_heads: int):
+    """One query token per row attending over its context: q [rows, 1, heads, dim], keys and values
+    [rows, context, kv_heads, dim] gathered from the cache; returns [rows, 1, heads, dim].
+
+    A broadcast multiply and sum, not SDPA over a gathered copy: compiled, the gather of each key and value
+    fuses into the reduction that reads it, so a decode step reads its context once instead of copying it
+    first (which tripled the KV traffic of a full-context step). Scores and softmax are computed in fp32.
+    """
+    rows, _, num_heads, head_dim = q.shape
+    groups = num_heads // num_kv_heads
+    query = q.view(rows, 1, num_kv_heads, groups, head_dim).float()
+    scores = (query * keys.unsqueeze(3).float()).sum(-1) * head_dim**-0.5  # [rows, context, kv_heads, groups]
+    scores = scores.masked_fill(~context_mask.view(rows, -1, 1, 1), float("-inf"))
+    probs = torch.softmax(scores, dim=1)
+    out = (probs.unsqueeze(-1) * values.unsqueeze(3).float()).sum(1)  # [rows, kv_heads, groups, head_dim]
+    return out.reshape(rows, 1, num_heads, head_dim).to(q.dtype)
+
+
 class Attention(nn.Module):
     def __init__(self, config: ModelConfig, layer_index: int):
         super().__init__()
@@ -94,11 +112,17 @@ class Attention(nn.Module):
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
 
         # Write this step's keys and values into their slots, in place, then read every row's context.
-        layer_cache = kv_cache[self.layer_index]
-        layer_cache[0].index_copy_(0, slot_mapping.flatten(), k.flatten(0, 1).to(kv_cache.dtype))
-        layer_cache[1].index_copy_(0, slot_mapping.flatten(), v.flatten(0, 1).to(kv_cache.dtype))
-        context_k = layer_cache[0][context_slots]  # [rows, context_len, kv_heads, head_dim]
-        context_v = layer_cache[1][context_slots]
+        # index_put_ on the cache tensor itself: written through a view (index_copy_ on a select), the
+        # AOTInductor graph cloned the whole cache and copied it back on every call instead.
+        slots = slot_mapping.flatten()
+        layer = torch.full_like(slots, self.layer_index)
+        kv_cache.index_put_((layer, torch.zeros_like(slots), slots), k.flatten(0, 1).to(kv_cache.dtype))
+        kv_cache.index_put_((layer, torch.ones_like(slots), slots), v.flatten(0, 1).to(kv_cache.dtype))
+        context_k = kv_cache[self.layer_index, 0][context_slots]  # [rows, context_len, kv_heads, head_dim]
+        context_v = kv_cache[self.layer_index, 1][context_slots]
+        if query_len == 1:  # a decode step (shapes are fixed per graph, so this is decided at trace time)
+            out = decode_attention(q, context_k, context_v, context_mask, self.num_kv_heads)
+            return self.o_proj(out.reshape(rows, 1, self.num_heads * self.head_dim))
 
         out = F.scaled_dot_product_attention(
             q.transpose(1, 2),
