@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from bucketserve import LLM, LlamaForCausalLM, SamplingParams
 from bucketserve.demo.checkpoint import build_random_checkpoint
+from bucketserve.demo.prompts import CONVERSATION_GROUPS
 from bucketserve.entrypoints.cli import main as cli_main
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -31,8 +33,23 @@ def test_seed_scripts_compile_then_serve(tmp_path):
     stdout = run(str(EXAMPLES / "serve_dynamic_batch.py"), str(compiled))
     lines = [line for line in stdout.splitlines() if line.startswith("Prompt: ")]
     assert len(lines) == 1 + 4 + 8
-    assert all("Generated text: " in line for line in lines)
     assert "What is sustainable development?" in lines[-1]
+    # The 4-rank compiled graphs print what one process running the same weights uncompiled prints.
+    assert lines == single_process_lines(checkpoint, tmp_path / "tp1-eager")
+
+
+def single_process_lines(checkpoint, out) -> list[str]:
+    LlamaForCausalLM.from_pretrained(checkpoint, export=True, compiler="eager", batch_size=8, max_seq_len=8192,
+                                     decoder_batch_sizes=[8, 4, 1]).save_pretrained(out)
+    llm = LLM(model=str(out))
+    tokenizer = llm.get_tokenizer()
+    params = SamplingParams(temperature=0.0, skip_special_tokens=True, stop_token_ids=[tokenizer.eos_token_id])
+    lines = []
+    for group in CONVERSATION_GROUPS.values():
+        chats = [tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in group]
+        for out in llm.generate(chats, params, use_tqdm=False):
+            lines.append(f"Prompt: {out.prompt!r}, Generated text: {out.outputs[0].text!r}")
+    return lines
 
 
 def test_cli_compile_and_generate(tiny_checkpoint, tmp_path, capsys):
