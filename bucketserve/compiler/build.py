@@ -7,7 +7,6 @@ import shutil
 import time
 from pathlib import Path
 
-import torch
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 

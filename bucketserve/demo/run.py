@@ -73,7 +73,7 @@ def run_demo(cache_dir: str | None = None, recompile: bool = False) -> dict:
         for out in outputs:
             print(f"Prompt: {out.prompt!r}, Generated text: {out.outputs[0].text!r}")
         steps = sum(ran.values())
-        print(f"decoder(s) run: " + ", ".join(f"decoder_batch_{b} x {n} steps" for b, n in sorted(ran.items(), reverse=True))
+        print("decoder(s) run: " + ", ".join(f"decoder_batch_{b} x {n} steps" for b, n in sorted(ran.items(), reverse=True))
               + f"; {elapsed:.2f} s in all, {1000 * elapsed / max(steps, 1):.1f} ms per step\n")
         summary[name] = {"requests": len(conversations), "decode_steps_per_decoder": ran, "seconds": elapsed}
     return summary

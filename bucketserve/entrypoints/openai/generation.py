@@ -6,6 +6,7 @@ import asyncio
 from typing import AsyncIterator, Awaitable, TypeVar
 
 from starlette.requests import Request
+from starlette.responses import Response
 
 from ...engine.async_engine import EngineStepError, EngineStoppedError, RequestAbortedError, RequestStream
 from ...engine.outputs import RequestOutput
@@ -123,3 +124,17 @@ def engine_error(error: Exception) -> OpenAIError:
     if isinstance(error, RequestAbortedError):
         return OpenAIError(503, str(error))
     return OpenAIError(500, f"internal server error: {error!r}")
+
+
+async def await_final_outputs(ctx: ServerContext, request: Request, streams: list[RequestStream]) -> list[RequestOutput] | Response:
+    """Every stream's finished output, or the response to send instead (client gone, engine error).
+
+    Whatever happens, nothing of these requests is left running in the engine."""
+    try:
+        return await until_disconnect(request, final_outputs(streams))
+    except ClientDisconnected:
+        return Response(status_code=499)  # nobody reads it
+    except ENGINE_ERRORS as error:
+        return engine_error(error).response()
+    finally:
+        abort_unfinished(ctx, streams)

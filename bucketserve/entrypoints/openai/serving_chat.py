@@ -12,8 +12,7 @@ from fastapi.responses import JSONResponse, Response
 from ...engine.outputs import CompletionOutput, RequestOutput
 from .context import ServerContext
 from .errors import bad_request
-from .generation import (ENGINE_ERRORS, ClientDisconnected, abort_unfinished, engine_error, final_outputs, follow,
-                         start_requests, until_disconnect)
+from .generation import ENGINE_ERRORS, abort_unfinished, await_final_outputs, engine_error, follow, start_requests
 from .logprobs import chat_logprobs
 from .prompts import chat_prompt, check_prompt
 from .protocol import (AssistantMessage, ChatChoice, ChatChunkChoice, ChatCompletionChunk, ChatCompletionRequest,
@@ -61,14 +60,10 @@ async def create_chat_completion(ctx: ServerContext, body: ChatCompletionRequest
     streams = await start_requests(ctx, run.request_id, [run.prompt], [run.params])
     if body.stream:
         return EventStreamResponse(_stream(run, streams), on_close=lambda: abort_unfinished(ctx, streams))
-    try:
-        (output,) = await until_disconnect(request, final_outputs(streams))
-    except ClientDisconnected:
-        return Response(status_code=499)  # nobody reads it
-    except ENGINE_ERRORS as error:
-        return engine_error(error).response()
-    finally:
-        abort_unfinished(ctx, streams)
+    outputs = await await_final_outputs(ctx, request, streams)
+    if isinstance(outputs, Response):
+        return outputs
+    (output,) = outputs
     choices = [ChatChoice(index=c.index, message=AssistantMessage(content=c.text), logprobs=run.logprobs(c),
                           finish_reason=c.finish_reason, stop_reason=c.stop_reason) for c in output.outputs]
     response = ChatCompletionResponse(id=run.request_id, created=run.created, model=run.model, choices=choices,

@@ -15,8 +15,7 @@ from fastapi.responses import JSONResponse, Response
 from ...engine.outputs import CompletionOutput, RequestOutput
 from .context import ServerContext
 from .errors import bad_request
-from .generation import (ENGINE_ERRORS, ClientDisconnected, abort_unfinished, engine_error, final_outputs, follow,
-                         start_requests, until_disconnect)
+from .generation import ENGINE_ERRORS, abort_unfinished, await_final_outputs, engine_error, follow, start_requests
 from .logprobs import completion_logprobs
 from .prompts import Prompt, check_prompt, completion_prompts
 from .protocol import CompletionChoice, CompletionRequest, CompletionResponse, Usage, dump
@@ -87,14 +86,9 @@ async def create_completion(ctx: ServerContext, body: CompletionRequest, request
     streams = await start_requests(ctx, run.request_id, run.prompts, run.params)
     if body.stream:
         return EventStreamResponse(_stream(run, streams), on_close=lambda: abort_unfinished(ctx, streams))
-    try:
-        outputs = await until_disconnect(request, final_outputs(streams))
-    except ClientDisconnected:
-        return Response(status_code=499)  # nobody reads it
-    except ENGINE_ERRORS as error:
-        return engine_error(error).response()
-    finally:
-        abort_unfinished(ctx, streams)
+    outputs = await await_final_outputs(ctx, request, streams)
+    if isinstance(outputs, Response):
+        return outputs
     choices = [run.choice(prompt_index, output, completion)
                for prompt_index, output in enumerate(outputs) for completion in output.outputs]
     choices.sort(key=lambda choice: choice.index)
