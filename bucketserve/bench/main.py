@@ -19,6 +19,7 @@ from .options import BUCKETS, PEERS, SINGLE, BenchOptions, build_options
 from .workload import load_tokenizer
 
 RESULTS_FILE = "bench.json"
+PARTIAL_FILE = "bench.partial.json"  # rewritten after every scenario, so a run cut short keeps its figures
 
 
 def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
@@ -46,6 +47,7 @@ def run_bench(args) -> dict:
     results["bench_seconds"] = time.perf_counter() - started
     results["machine"]["load_average_at_end"] = os.getloadavg()
     report.write_json(results, options.out_dir / RESULTS_FILE)
+    (options.out_dir / PARTIAL_FILE).unlink(missing_ok=True)
     print(report.format_table(results))
     print(f"\nresults: {options.out_dir / RESULTS_FILE}" + "".join(f", {p}" for p in results["plots"]))
     return results
@@ -64,6 +66,7 @@ class Bench:
 
     def log(self, message: str) -> None:
         print(f"[bench {time.strftime('%H:%M:%S')}] {message}", flush=True)
+        report.write_json(self.results, self.options.out_dir / PARTIAL_FILE)
 
     def run(self) -> dict:
         options, results = self.options, self.results

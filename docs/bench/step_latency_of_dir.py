@@ -1,0 +1,25 @@
+"""Time each decoder of a compiled directory at full context with the bench's own step-latency scenario.
+
+    python docs/bench/step_latency_of_dir.py COMPILED_DIR [REPEATS]
+
+Used for the "before" row of docs/PERFORMANCE.md: COMPILED_DIR compiled from commit 172fc40's model code
+(e.g. `git worktree add /tmp/before 172fc40 && PYTHONPATH=/tmp/before python -m bucketserve.entrypoints.cli
+compile CHECKPOINT OUT --decoder-batch-sizes 8 4 1`, CHECKPOINT being the bench's cached smollm2-135m one).
+"""
+import json
+import sys
+
+import torch
+
+from bucketserve import AutoModelForCausalLM
+from bucketserve.bench import roofline, scenarios
+from bucketserve.bench.options import BenchOptions
+
+torch.set_num_threads(2)
+bandwidth = roofline.read_bandwidth()
+model = AutoModelForCausalLM.from_pretrained(sys.argv[1])
+steps = scenarios.step_latency(model, BenchOptions(step_repeats=int(sys.argv[2]) if len(sys.argv) > 2 else 5),
+                               bandwidth["bytes_per_second"])
+for batch, step in steps.items():
+    print(f"decoder {batch}: {step['median_seconds'] * 1e3:.1f} ms, floor {step['floor_seconds'] * 1e3:.1f} ms")
+print(json.dumps({"memory_bandwidth": bandwidth, "steps": steps}, indent=1))
