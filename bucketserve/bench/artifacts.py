@@ -18,8 +18,6 @@ from .. import AutoModelForCausalLM
 from ..demo.checkpoint import build_random_checkpoint
 from .options import BenchOptions
 
-PACKAGE_DIR = Path(__file__).resolve().parent.parent
-GRAPH_SOURCES = ("models", "compiler")
 
 
 @dataclass
@@ -35,15 +33,6 @@ def system_name(decoder_batch_sizes) -> str:
     return "[" + ", ".join(str(b) for b in decoder_batch_sizes) + "]"
 
 
-def source_digest() -> str:
-    """A digest of the code that writes graphs; computed once per run, so edits made meanwhile (by anyone
-    working in the tree) cannot give the two decoder sets different model code."""
-    digest = hashlib.sha256()
-    for folder in GRAPH_SOURCES:
-        for path in sorted((PACKAGE_DIR / folder).glob("*.py")):
-            digest.update(path.name.encode())
-            digest.update(path.read_bytes())
-    return digest.hexdigest()[:12]
 
 
 def _key(parts: dict) -> str:

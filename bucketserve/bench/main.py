@@ -14,6 +14,7 @@ import traceback
 
 import torch
 
+from ..compiler.source_digest import source_digest
 from . import arrivals, artifacts, baselines, memory, plots, profile, report, roofline, scenarios, targets
 from .options import BUCKETS, PEERS, SINGLE, BenchOptions, build_options
 from .workload import load_tokenizer
@@ -74,7 +75,7 @@ class Bench:
         results["memory_bandwidth"] = roofline.read_bandwidth()
         bandwidth = results["memory_bandwidth"]["bytes_per_second"]
         checkpoint = artifacts.checkpoint_dir(options)
-        source = artifacts.source_digest()
+        source = source_digest()  # once per run: edits made meanwhile cannot mix model code between decoder sets
         results["model_source_digest"] = source
         for sizes in (BUCKETS, SINGLE):
             artifacts.compiled_dir(options, sizes, source)  # compile now (or find it cached), before anything is loaded

@@ -8,6 +8,7 @@ import shutil
 import time
 from pathlib import Path
 
+from ..compiler.source_digest import source_digest
 from .checkpoint import build_random_checkpoint
 from .prompts import CONVERSATION_GROUPS
 
@@ -27,7 +28,8 @@ def prepare(cache_dir: Path, recompile: bool = False) -> Path:
 
     checkpoint, compiled = cache_dir / "checkpoint", cache_dir / "compiled"
     stamp = cache_dir / "options.json"
-    wanted = json.dumps(COMPILE_OPTIONS, sort_keys=True)
+    # Keyed by the model code too: graphs compiled from older code are rebuilt, never run stale.
+    wanted = json.dumps({**COMPILE_OPTIONS, "source": source_digest()}, sort_keys=True)
     if not recompile and compiled.is_dir() and stamp.is_file() and stamp.read_text() == wanted:
         try:
             verify_manifest(compiled, check_hashes=False)
