@@ -76,6 +76,6 @@ def run_demo(cache_dir: str | None = None, recompile: bool = False) -> dict:
             print(f"Prompt: {out.prompt!r}, Generated text: {out.outputs[0].text!r}")
         steps = sum(ran.values())
         print("decoder(s) run: " + ", ".join(f"decoder_batch_{b} x {n} steps" for b, n in sorted(ran.items(), reverse=True))
-              + f"; {elapsed:.2f} s in all (prompts' prefill included), {1000 * elapsed / max(steps, 1):.1f} ms per decode step\n")
+              + f"; {elapsed:.2f} s in all, {1000 * elapsed / max(steps, 1):.1f} ms per decode step (prefill time included)\n")
         summary[name] = {"requests": len(conversations), "decode_steps_per_decoder": ran, "seconds": elapsed}
     return summary
