@@ -37,4 +37,3 @@ class BlockManager:
     def free(self, seq: Sequence) -> None:
         self.free_blocks.extend(seq.block_table)
         seq.block_table = []
-        seq.num_cached_tokens = 0

@@ -107,7 +107,6 @@ class LLMEngine:
             )
             self.last_decoder_batch_size = self.model.decoder_batch_size_for(len(plan.decodes))
             for seq, sample in zip(plan.decodes, self.sampler(logits, plan.decodes)):
-                seq.num_cached_tokens = seq.num_tokens
                 self._append(seq, sample, touched)
         for seq in plan.prefills:
             self._prefill(seq, now, touched)
@@ -115,8 +114,7 @@ class LLMEngine:
         for request_id, request in touched.items():
             outputs.append(request.output(streaming))
             if request.finished:
-                request.metrics.finished_time = time.time()
-                outputs[-1].metrics = request.metrics
+                request.metrics.finished_time = time.time()  # the output holds this same metrics object
                 del self.requests[request_id]
         return outputs
 
@@ -127,11 +125,9 @@ class LLMEngine:
         if seq.output_token_ids:
             # Recompute after preemption: the last token is fed by the next decode step.
             self.model.prefill(seq.token_ids[:-1], seq.block_table)
-            seq.num_cached_tokens = seq.num_tokens - 1
             return
         want_prompt_logprobs = seq.params.prompt_logprobs is not None and request.prompt_logprobs is None
         result = self.model.prefill(seq.prompt_token_ids, seq.block_table, return_hidden=want_prompt_logprobs)
-        seq.num_cached_tokens = seq.num_tokens
         if want_prompt_logprobs:
             request.prompt_logprobs = self._prompt_logprobs(result.hidden, seq)
         self._append(seq, self.sampler(result.logits.unsqueeze(0), [seq])[0], touched)
@@ -157,12 +153,11 @@ class LLMEngine:
         touched[seq.request_id] = request
         may_stop = len(seq.output_token_ids) >= params.min_tokens
         stop_token = may_stop and (token in params.stop_token_ids or (not params.ignore_eos and token in self.eos_token_ids))
-        if not stop_token or params.include_stop_str_in_output:
+        stop_string = None
+        if not stop_token or params.include_stop_str_in_output:  # a stop token's text stays out of the output
             stop_string = seq.detokenizer.add_token(token, check_stop=may_stop)
-            if stop_string is not None:
-                seq.finish("stop", stop_string)
-        if seq.is_finished:
-            pass
+        if stop_string is not None:
+            seq.finish("stop", stop_string)
         elif stop_token:
             seq.finish("stop", token if token in params.stop_token_ids else None)
         elif params.max_tokens is not None and len(seq.output_token_ids) >= params.max_tokens:

@@ -28,7 +28,6 @@ class Sequence:
         self.generator = generator  # seeded per sequence, so batching never changes its samples
         self.status = Status.WAITING
         self.block_table: list[int] = []
-        self.num_cached_tokens = 0  # tokens whose keys/values are in the cache
         self.cumulative_logprob = 0.0
         self.logprobs: list[PositionLogprobs] | None = [] if params.logprobs is not None else None
         self.finish_reason: str | None = None
