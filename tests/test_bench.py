@@ -100,6 +100,36 @@ def test_profile_splits_a_decode_step(quick_run):
     assert {"step_seconds", "decode_seconds", "sampling_seconds", "engine_python_seconds"} <= results["profile"]["engine_step"].keys()
 
 
+def test_tensor_parallel_step_latency_per_decoder_or_a_reason(quick_run):
+    _, results, _ = quick_run
+    assert results["options"]["tensor_parallel_sizes"] == [1, 2]  # --quick keeps the comparison
+    sizes = results["tensor_parallel"]
+    assert set(sizes) == {"1", "2"} or (set(sizes) == {"2"} and "skipped" in sizes["2"])
+    for size, run in sizes.items():
+        if "skipped" in run:
+            assert run["skipped"] and "TP=" + size in results["skipped"]["tensor_parallel"]
+            continue
+        assert run["threads_per_rank"] >= 1
+        assert set(run["step_latency"]) == {"8", "4", "1"}
+        for step in run["step_latency"].values():
+            assert step["median_seconds"] > 0 and step["context_len"] == results["options"]["max_seq_len"]
+        if size != "1":
+            assert set(run["speedup"]) == {"8", "4", "1"} and all(s > 0 for s in run["speedup"].values())
+
+
+def test_tp_sizes_option():
+    from bucketserve.bench.options import build_options
+
+    def sizes(*argv):
+        return build_options(build_parser().parse_args(["bench", "--quick", *argv])).tensor_parallel_sizes
+
+    assert sizes() == (1, 2)
+    assert sizes("--tp-sizes", "1") == (1,)
+    assert sizes("--tp-sizes", "4", "2") == (1, 2, 4)  # TP=1 is always the reference
+    with pytest.raises(ValueError, match="--tp-sizes"):
+        sizes("--tp-sizes", "0")
+
+
 def test_plots_written_or_skipped_with_a_reason(quick_run):
     _, results, root = quick_run
     if "plots" in results["skipped"]:

@@ -34,6 +34,9 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--arrival-requests", dest="arrival_requests", type=int, default=None)
     parser.add_argument("--threads", type=int, default=None, help="torch and llama.cpp threads (default: every core)")
     parser.add_argument("--skip", nargs="+", default=[], metavar="PEER", help=f"peers to leave out: {', '.join(PEERS)}")
+    parser.add_argument("--tp-sizes", dest="tensor_parallel_sizes", nargs="+", type=int, default=None, metavar="N",
+                        help="tensor-parallel sizes whose [8, 4, 1] step latency is compared with TP=1 (default: 1 2; "
+                             "1 alone: no comparison)")
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--cache-dir", dest="cache_dir", default=None, help="compiled models (default ~/.cache/bucketserve/bench)")
     parser.add_argument("--out-dir", dest="out_dir", default=None, help="bench.json and plots (default ./bench-results)")
@@ -62,7 +65,8 @@ class Bench:
         self.results: dict = {
             "command": " ".join(["bucketserve"] + sys.argv[1:]) if sys.argv and sys.argv[0].endswith("bucketserve") else None,
             "options": options.to_dict(), "machine": roofline.machine_info(), "systems": {}, "step_latency": {},
-            "groups": {}, "arrivals": {}, "greedy_agreement": {}, "profile": {}, "skipped": {}, "plots": [],
+            "groups": {}, "arrivals": {}, "greedy_agreement": {}, "profile": {}, "tensor_parallel": {}, "skipped": {},
+            "plots": [],
         }
 
     def log(self, message: str) -> None:
@@ -77,14 +81,15 @@ class Bench:
         checkpoint = artifacts.checkpoint_dir(options)
         source = source_digest()  # once per run: edits made meanwhile cannot mix model code between decoder sets
         results["model_source_digest"] = source
-        for sizes in (BUCKETS, SINGLE):
-            artifacts.compiled_dir(options, sizes, source)  # compile now (or find it cached), before anything is loaded
+        # Compile now (or find them cached), before anything is loaded.
+        directories = {sizes: artifacts.compiled_dir(options, sizes, source) for sizes in (BUCKETS, SINGLE)}
+        tensor_parallel_dirs = self._compile_tensor_parallel(source)
         tokenizer = load_tokenizer(checkpoint)
         vocab = len(tokenizer)
         loaded = {}
         for sizes in (BUCKETS, SINGLE):
             self.log(f"loading decoders {list(sizes)}")
-            system = artifacts.load_compiled(options, sizes, source)
+            system = artifacts.load_compiled(artifacts.system_name(sizes), directories[sizes])
             results["systems"][system.name] = self._system_info(system, memory.resident_after_load(system.directory, options.threads))
             loaded[system.name] = system.model
         if "eager" in options.peers:
@@ -102,6 +107,9 @@ class Bench:
         self._arrivals(loaded, tokenizer)
         self.log("profiling one decode step")
         results["profile"] = profile.profile_decode_step(loaded, tokenizer, options)
+        # Last: a tensor-parallel model makes this process rank 0 (one process group per process, its threads
+        # split among the ranks), which nothing after it must see.
+        self._tensor_parallel(loaded[artifacts.system_name(BUCKETS)], tensor_parallel_dirs, bandwidth)
         results["greedy_agreement"] = greedy_agreement(results["groups"])
         for groups in results["groups"].values():
             for group in groups.values():
@@ -125,7 +133,7 @@ class Bench:
                 "kv_cache_bytes": runner.kv_cache.nbytes, "memory": memory_info}
 
     def _peers(self, checkpoint, vocab: int) -> None:
-        options, results = self.options, self.results
+        options = self.options
         if "hf" in options.peers or "hf-static" in options.peers:
             hf_model = baselines.load_hf(checkpoint)
             for peer, static in (("hf", False), ("hf-static", True)):
@@ -149,6 +157,59 @@ class Bench:
             self.results["skipped"][name] = outcome["skipped"]
         self.results["groups"][name] = outcome
 
+    def _compile_tensor_parallel(self, source: str) -> dict:
+        """The [8, 4, 1] directory for each tensor-parallel size > 1; a size that cannot compile here is skipped."""
+        directories = {}
+        for size in self.options.tensor_parallel_sizes[1:]:
+            try:
+                directories[size] = artifacts.compiled_dir(self.options, BUCKETS, source, tensor_parallel_size=size)
+            except Exception as err:  # e.g. heads that do not divide by the size, or gloo that cannot start
+                self._skip_tensor_parallel(size, err)
+        return directories
+
+    def _tensor_parallel(self, reference, directories: dict, bandwidth: float) -> None:
+        """[8, 4, 1]'s step latency on one process (TP=1) and on each compiled tensor-parallel size."""
+        options, results = self.options, self.results
+        if not directories:
+            return
+        # TP=1 is timed again here, right before the others, so that the machine's load (shared, it varies
+        # over a run) is the same for every size compared; section 1's figure was taken long before.
+        self.log("tensor parallelism: TP=1")
+        tp1 = _step_times(scenarios.step_latency(reference, options, bandwidth))
+        results["tensor_parallel"]["1"] = {"threads_per_rank": torch.get_num_threads(), "step_latency": tp1}
+        for size, directory in directories.items():
+            self.log(f"tensor parallelism: TP={size}")
+            try:
+                results["tensor_parallel"][str(size)] = self._time_tensor_parallel(size, directory, tp1, bandwidth)
+            except Exception as err:  # ranks that cannot start here (gloo, workers) are skipped with the reason
+                self._skip_tensor_parallel(size, err)
+        # In size order: the sizes skipped at compile time went in first.
+        results["tensor_parallel"] = dict(sorted(results["tensor_parallel"].items(), key=lambda item: int(item[0])))
+
+    def _time_tensor_parallel(self, size: int, directory, tp1: dict, bandwidth: float) -> dict:
+        system = None
+        try:
+            system = artifacts.load_compiled(f"{artifacts.system_name(BUCKETS)} TP={size}", directory)
+            # Rank 0's threads; the workers take the same share of the cores (runtime/distributed.py).
+            threads_per_rank = torch.get_num_threads()
+            steps = _step_times(scenarios.step_latency(system.model, self.options, bandwidth))
+        finally:
+            if system is not None:
+                system.model.close()  # stops the workers and frees this process's process group
+            torch.set_num_threads(self.options.threads)  # loading split them among the ranks
+        return {"threads_per_rank": threads_per_rank, "compile_seconds": system.compile_seconds,
+                "load_seconds": system.load_seconds, "step_latency": steps,
+                "speedup": {b: tp1[b]["median_seconds"] / step["median_seconds"] for b, step in steps.items()}}
+
+    def _skip_tensor_parallel(self, size: int, err: Exception) -> None:
+        if not isinstance(err, ValueError):  # a ValueError is an option the model cannot take: its message says it all
+            traceback.print_exc()
+        reason = f"{type(err).__name__}: {err}"
+        print(f"skipping tensor parallelism TP={size}: {reason}", flush=True)
+        self.results["tensor_parallel"][str(size)] = {"skipped": reason}
+        skipped = self.results["skipped"]
+        skipped["tensor_parallel"] = "; ".join(filter(None, (skipped.get("tensor_parallel"), f"TP={size}: {reason}")))
+
     def _arrivals(self, loaded: dict, tokenizer) -> None:
         options, results = self.options, self.results
         single = artifacts.system_name(SINGLE)
@@ -161,6 +222,13 @@ class Bench:
             name = artifacts.system_name(sizes)
             self.log(f"arrivals: {name}")
             results["arrivals"][name] = arrivals.run_arrivals(loaded[name], tokenizer, options, offsets)
+
+
+def _step_times(step_latency: dict) -> dict:
+    """A step-latency result without its floor: on a tensor-parallel model that would count rank 0's weight
+    shard with every rank's KV heads, neither one rank's bytes nor the step's, so no size keeps it."""
+    timing = ("batch", "context_len", "median_seconds", "min_seconds", "repeats")
+    return {batch: {k: step[k] for k in timing} for batch, step in step_latency.items()}
 
 
 def _llama_cpp(checkpoint, options: BenchOptions, vocab: int) -> dict:

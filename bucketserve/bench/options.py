@@ -25,6 +25,7 @@ class BenchOptions:
     arrival_requests: int = 24  # requests in the arrivals scenario
     threads: int = os.cpu_count() or 1
     peers: tuple[str, ...] = PEERS
+    tensor_parallel_sizes: tuple[int, ...] = (1, 2)  # [8, 4, 1]'s step latency on each; 1 is the reference
     quick: bool = False
     seed: int = 0
     cache_dir: Path = Path("~/.cache/bucketserve/bench").expanduser()
@@ -38,6 +39,7 @@ class BenchOptions:
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["cache_dir"], d["out_dir"], d["peers"] = str(self.cache_dir), str(self.out_dir), list(self.peers)
+        d["tensor_parallel_sizes"] = list(self.tensor_parallel_sizes)
         return d
 
 
@@ -59,6 +61,11 @@ def build_options(args) -> BenchOptions:
         if unknown:
             raise ValueError(f"--skip {unknown} names no peer; peers are {', '.join(PEERS)}")
         values["peers"] = tuple(p for p in values.get("peers", PEERS) if p not in args.skip)
+    if "tensor_parallel_sizes" in values:
+        sizes = values["tensor_parallel_sizes"]
+        if min(sizes) < 1:
+            raise ValueError(f"--tp-sizes must be >= 1, got {sizes}")
+        values["tensor_parallel_sizes"] = tuple(sorted({1, *sizes}))  # TP=1 is what the others are compared with
     for name in ("cache_dir", "out_dir"):
         if name in values:
             values[name] = Path(values[name]).expanduser()

@@ -65,6 +65,7 @@ def format_table(results: dict) -> str:
         memory = info.get("memory", {})
         ratio = f"{memory['ratio']:.2f}" if "ratio" in memory else "-"
         lines.append(f"   {system:12s} {per_graph:58s} {info['load_seconds']:7.2f}   {ratio}")
+    lines += _tensor_parallel_lines(results.get("tensor_parallel", {}))
     agreement = results.get("greedy_agreement", {})
     if agreement:
         lines += ["", "greedy tokens equal to [8, 4, 1]'s (fraction of tokens before the first difference): "
@@ -75,6 +76,25 @@ def format_table(results: dict) -> str:
     for name, target in results["targets"].items():
         lines.append(f"   {name} {_met(target['met']):12s} value {_value(target['value'])} (limit {_value(target['limit']) if not isinstance(target['limit'], dict) else target['limit']}): {target['description']}")
     return "\n".join(lines)
+
+
+def _tensor_parallel_lines(sizes: dict) -> list[str]:
+    """Section 5: each size's step time per decoder, and TP=1's over it (above 1: faster than one process)."""
+    if not sizes:
+        return []
+    decoders = next((list(s["step_latency"]) for s in sizes.values() if "step_latency" in s), [])
+    lines = ["", "5. tensor parallelism: step ms at full context per decoder, "
+             + " vs ".join(f"TP={n}" for n in sizes) + " (speed-up over TP=1)",
+             "   ranks  threads/rank " + "".join(f"   decoder {b:>2s}      " for b in decoders)]
+    for size, run in sizes.items():
+        if "skipped" in run:
+            lines.append(f"   {size:>5s}  skipped: {run['skipped']}")
+            continue
+        speedup = run.get("speedup", {})
+        cells = [_ms(run["step_latency"][b]["median_seconds"]) + (f" ({speedup[b]:4.2f}x)" if b in speedup else " " * 8)
+                 for b in decoders]
+        lines.append(f"   {size:>5s}  {run['threads_per_rank']:12d} " + "".join(f"   {c:16s}" for c in cells))
+    return [line.rstrip() for line in lines]
 
 
 def write_json(results: dict, path: Path) -> None:
