@@ -165,3 +165,30 @@ def test_block_tables_that_would_touch_the_padding_block_or_run_off_the_cache_ar
     # The dummy block is untouched by the refused calls; a valid table still works.
     assert not model.kv_cache.tensor.any()
     assert model.prefill(prompt, [1, 2]).logits.shape == (model.config.vocab_size,)
+
+
+@pytest.mark.parametrize("last_position, expected", [(0, 64), (63, 64), (64, 128), (100, 128), (200, 256), (255, 256)])
+def test_a_decode_step_reads_the_longest_rows_context_rounded_up(compiled_dir, last_position, expected):
+    model = AutoModelForCausalLM.from_pretrained(compiled_dir)
+    assert model.rbln_config.max_seq_len == 256
+    assert model.runner.decode_context_len(last_position) == expected
+
+
+def test_compiled_decoder_reads_as_many_context_positions_as_it_is_given(compiled_dir):
+    """The context length is free in the compiled graph: the same row read over 128 positions (all it has)
+    or 256 gives the same logits, and over 64 (cutting off positions it attends to) different ones."""
+    model = AutoModelForCausalLM.from_pretrained(compiled_dir)
+    runner = model.runner
+    prompt = prompts_for(model, [100])[0]
+    table = [3, 4]
+    model.prefill(prompt, table)
+    slot = runner.kv_cache.slot(table, 100)
+    inputs = [torch.tensor(v) for v in ([5], [100], [slot], [runner.kv_cache.padded_block_table(table)])]
+
+    def logits_reading(context_len: int) -> torch.Tensor:
+        with torch.inference_mode():
+            return runner.decoders[1](*inputs, runner.context_positions[:context_len], runner.kv_cache.tensor)
+
+    full, needed, cut = logits_reading(256), logits_reading(128), logits_reading(64)
+    assert torch.allclose(full, needed, rtol=0, atol=1e-5 * full.abs().max().item())
+    assert not torch.allclose(full, cut, rtol=0, atol=1e-3 * full.abs().max().item())

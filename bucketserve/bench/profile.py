@@ -2,9 +2,11 @@
 sampling, and the engine's Python bookkeeping.
 
 - The compiled graph at full context is timed alone (its inputs built beforehand) and inside
-  model.decode (the runtime's host work is the difference). Its matmuls are timed apart: every weight
-  matrix of the model applied to `batch` rows with F.linear, the same BLAS calls the graph makes. The
-  rest of the graph (KV gather + attention, norms, rotary, SiLU) is the graph's time minus that.
+  model.decode (the runtime's host work is the difference). The same graph reading only the first
+  CONTEXT_GRANULE positions is the step's cost without the context: weights (matmuls), norms, rotary,
+  sampling-free logits. Full minus that is what reading and attending over the rest of the context costs.
+- For comparison, every weight matrix applied to `batch` rows with F.linear (MKL), which the compiled
+  decoders no longer call (see models/llama.py rows_times_weight).
 - The eager model at the same shapes under torch.profiler splits the attention into its ops.
 - An engine run of the group of 8 times every step, its decode call and its sampler call.
 """
@@ -16,6 +18,7 @@ from collections import defaultdict
 
 import torch
 
+from ..runtime.model_runner import CONTEXT_GRANULE
 from .artifacts import system_name
 from .options import BUCKETS, BenchOptions
 from .scenarios import full_context_tables
@@ -27,13 +30,15 @@ ATTENTION_OPS = ("aten::index", "aten::index_copy_", "aten::_scaled_dot_product"
                  "aten::_softmax", "aten::softmax", "aten::baddbmm")
 
 
-def _graph_inputs(model, batch: int) -> tuple:
+def _graph_inputs(model, batch: int, context_len: int) -> tuple:
+    """A decoder's inputs with every row at the last position, reading the first context_len positions."""
     cache = model.kv_cache
     last = model.compile_config.max_seq_len - 1
     tables = full_context_tables(model, batch)
     slots = [cache.slot(t, last) for t in tables]
     long = lambda values: torch.tensor(values, dtype=torch.long)  # noqa: E731
-    return long([1] * batch), long([last] * batch), long(slots), long(tables), cache.tensor
+    context = model.runner.context_positions[:context_len]
+    return long([1] * batch), long([last] * batch), long(slots), long(tables), context, cache.tensor
 
 
 def _median_seconds(call, repeats: int = REPEATS) -> float:
@@ -87,21 +92,24 @@ def _matmuls(model, batch: int):
 
 @torch.inference_mode()
 def decoder_profile(model, batch: int, eager_model=None) -> dict:
-    inputs = _graph_inputs(model, batch)
+    max_seq_len = model.compile_config.max_seq_len
+    short = min(CONTEXT_GRANULE, max_seq_len)
     graph = model.runner.decoders[batch]
-    last = model.compile_config.max_seq_len - 1
     tables = full_context_tables(model, batch)
-    decode_seconds = _median_seconds(lambda: model.decode([1] * batch, [last] * batch, tables))
-    graph_seconds = _median_seconds(lambda: graph(*inputs))
-    matmul_seconds = _median_seconds(_matmuls(model, batch))
+    decode_seconds = _median_seconds(lambda: model.decode([1] * batch, [max_seq_len - 1] * batch, tables))
+    full_inputs, short_inputs = _graph_inputs(model, batch, max_seq_len), _graph_inputs(model, batch, short)
+    graph_seconds = _median_seconds(lambda: graph(*full_inputs))
+    short_seconds = _median_seconds(lambda: graph(*short_inputs))
     result = {
-        "batch": batch, "context_len": last + 1, "decode_seconds": decode_seconds, "graph_seconds": graph_seconds,
-        "runtime_host_seconds": max(0.0, decode_seconds - graph_seconds), "matmul_seconds": matmul_seconds,
-        "attention_and_other_kernels_seconds": max(0.0, graph_seconds - matmul_seconds),
+        "batch": batch, "context_len": max_seq_len, "decode_seconds": decode_seconds, "graph_seconds": graph_seconds,
+        "runtime_host_seconds": max(0.0, decode_seconds - graph_seconds),
+        "short_context_len": short, "graph_short_context_seconds": short_seconds,
+        "context_seconds": max(0.0, graph_seconds - short_seconds),
+        "mkl_matmul_seconds": _median_seconds(_matmuls(model, batch)),
     }
     if eager_model is not None:
         eager_graph = eager_model.runner.decoders[batch]
-        eager_inputs = _graph_inputs(eager_model, batch)
+        eager_inputs = _graph_inputs(eager_model, batch, max_seq_len)
         ops = _profiled_ops(lambda: eager_graph(*eager_inputs), repeats=2)
         result["eager"] = {**_split(ops), "top_ops_seconds": dict(list(ops.items())[:8])}
     return result

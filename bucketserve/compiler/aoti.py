@@ -13,7 +13,7 @@ INDUCTOR_CONFIGS = {"aot_inductor.package_constants_in_so": False}
 
 def compile_graph(spec: GraphSpec, package_path: Path) -> None:
     with torch.no_grad():
-        exported = torch.export.export(spec.module, spec.example_inputs)
+        exported = torch.export.export(spec.module, spec.example_inputs, dynamic_shapes=spec.dynamic_shapes)
         torch._inductor.aoti_compile_and_package(
             exported, package_path=str(package_path), inductor_configs=INDUCTOR_CONFIGS
         )

@@ -28,6 +28,7 @@ class GraphSpec:
     name: str
     module: nn.Module
     example_inputs: tuple
+    dynamic_shapes: tuple | None = None  # torch.export's, one entry per input; None: every shape fixed
 
 
 def graph_specs(model: LlamaForCausalLM, compile_config: CompileConfig, kv_cache: torch.Tensor) -> list[GraphSpec]:
@@ -39,8 +40,14 @@ def graph_specs(model: LlamaForCausalLM, compile_config: CompileConfig, kv_cache
         return torch.zeros(shape, dtype=torch.long, device=device)
 
     specs = [GraphSpec(PREFILL, PrefillGraph(model), (ids(1, chunk), ids(1, chunk), ids(1, chunk), ids(1, blocks), ids(1), kv_cache))]
+    # A decoder reads context_positions = 0..context_len-1 of each row, context_len chosen per step (the
+    # runtime's decode_context_len); every other input has its shape fixed by the batch size.
+    context_len = torch.export.Dim("context_len", min=1, max=compile_config.max_seq_len)
+    context_positions = torch.arange(compile_config.max_seq_len, device=device)
     for b in compile_config.decoder_batch_sizes:
-        specs.append(GraphSpec(decoder_name(b), DecoderGraph(model), (ids(b), ids(b), ids(b), ids(b, blocks), kv_cache)))
+        inputs = (ids(b), ids(b), ids(b), ids(b, blocks), context_positions, kv_cache)
+        dynamic = (None, None, None, None, {0: context_len}, None)
+        specs.append(GraphSpec(decoder_name(b), DecoderGraph(model, fused_decode=True), inputs, dynamic))
     return specs
 
 

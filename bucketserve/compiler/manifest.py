@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 MANIFEST = "bucketserve_manifest.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: decoder graphs take context_positions, of any length up to max_seq_len
 
 
 class CompiledModelError(RuntimeError):

@@ -16,7 +16,7 @@ import torch.distributed as dist
 from torch import nn
 
 from .config import ModelConfig
-from .llama import LlamaForCausalLM
+from .llama import LlamaForCausalLM, rows_times_weight
 
 
 def check_shardable(config: ModelConfig, world_size: int) -> None:
@@ -50,10 +50,11 @@ class AllReduceLinear(nn.Module):
         self.weight = nn.Parameter(weight, requires_grad=False)
         self.bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, fused_decode: bool = False) -> torch.Tensor:
         from torch.distributed import _functional_collectives as funcol
 
-        out = funcol.all_reduce(nn.functional.linear(x, self.weight), "sum", dist.group.WORLD)
+        partial = rows_times_weight(x, self.weight) if fused_decode else nn.functional.linear(x, self.weight)
+        out = funcol.all_reduce(partial, "sum", dist.group.WORLD)
         return out if self.bias is None else out + self.bias
 
 

@@ -21,6 +21,10 @@ class PrefillOutput:
     hidden: torch.Tensor | None  # [prompt_len, hidden] final-norm states, when asked for (prompt logprobs)
 
 
+# Decode steps read context in multiples of this many positions.
+CONTEXT_GRANULE = 64
+
+
 class ModelRunner:
     def __init__(self, directory: Path, model: LlamaForCausalLM, compile_config: CompileConfig, device: torch.device):
         """directory: the folder holding this rank's graphs/ (the compiled directory itself without TP)."""
@@ -30,7 +34,7 @@ class ModelRunner:
         self.model = model
         self.kv_cache = KVCache(model, compile_config, device)
         self.decoder_batch_sizes = sorted(compile_config.decoder_batch_sizes)  # ascending, for bisect
-        prefill, decoder = PrefillGraph(model), DecoderGraph(model)
+        prefill, decoder = PrefillGraph(model), DecoderGraph(model)  # eager: F.linear and SDPA (see DecoderGraph)
         if compile_config.compiler == "eager":
             self.prefill_graph = prefill
             self.decoders = {b: decoder for b in self.decoder_batch_sizes}
@@ -41,6 +45,7 @@ class ModelRunner:
                 b: aoti.load_graph(graphs / f"{decoder_name(b)}.pt2", graph_constants(decoder))
                 for b in self.decoder_batch_sizes
             }
+        self.context_positions = torch.arange(compile_config.max_seq_len, device=device)
         # Counted since load: which decoder each step ran on, and how many rows were padding.
         self.decode_steps_per_decoder = {b: 0 for b in compile_config.decoder_batch_sizes}
         self.padded_rows = 0
@@ -101,11 +106,18 @@ class ModelRunner:
             self._tensor(list(positions) + [0] * padding),
             self._tensor(slots + [cache.dummy_slot()] * padding),
             self._tensor(tables + [[DUMMY_BLOCK] * cache.blocks_per_sequence] * padding),
+            self.context_positions[: self.decode_context_len(max(positions))],
             cache.tensor,
         )
         self.decode_steps_per_decoder[batch] += 1
         self.padded_rows += padding
         return logits[:num_seqs]
+
+    def decode_context_len(self, last_position: int) -> int:
+        """How many context positions a decode step reads: the longest row's, rounded up to a multiple of
+        CONTEXT_GRANULE (whole vectors for the compiled loops), at most max_seq_len."""
+        granules = last_position // CONTEXT_GRANULE + 1
+        return min(granules * CONTEXT_GRANULE, self.compile_config.max_seq_len)
 
     def close(self) -> None:
         """Nothing to release in-process; the tensor-parallel runner has workers to stop."""
