@@ -1,11 +1,12 @@
 """Compiling a tensor-parallel directory: one process per rank shards the weights and compiles its graphs
 with the all-reduces inside them (functional collectives), all ranks at once since tracing needs the group.
 
-Run as `python -m bucketserve.compiler.tensor_parallel FD` for one rank (see runtime/worker_process.py).
+Each rank compiles in its own interpreter, in compile_rank_main (see runtime/worker_process.py).
 """
 from __future__ import annotations
 
 import traceback
+from multiprocessing.connection import Connection
 from pathlib import Path
 
 from ..config import CompileConfig
@@ -14,7 +15,7 @@ from ..models.config import ModelConfig
 from ..models.tensor_parallel import shard_model
 from ..runtime import distributed
 from ..runtime.weights import build_model
-from ..runtime.worker_process import WorkerProcess, connection_to_parent
+from ..runtime.worker_process import WorkerProcess
 from .build import write_rank_files
 from .manifest import write_manifest
 
@@ -35,7 +36,7 @@ def _compile_rank(job: dict) -> dict[str, float]:
 def compile_tensor_parallel(source_dir: Path, out_dir: Path, compile_config: CompileConfig, model_config: ModelConfig) -> None:
     port = distributed.free_port()
     workers = [
-        WorkerProcess(__name__, dict(rank=rank, port=port, source_dir=str(source_dir), out_dir=str(out_dir),
+        WorkerProcess(compile_rank_main, dict(rank=rank, port=port, source_dir=str(source_dir), out_dir=str(out_dir),
                                      compile_config=compile_config.to_dict(), model_config=model_config.to_dict()),
                       name=f"compile rank {rank}")
         for rank in range(compile_config.tensor_parallel_size)
@@ -63,14 +64,10 @@ def compile_tensor_parallel(source_dir: Path, out_dir: Path, compile_config: Com
     write_manifest(out_dir, compile_config.to_dict(), model_config.to_dict(), dict(sorted(compile_seconds.items())))
 
 
-def _main() -> None:
-    conn = connection_to_parent()
+def compile_rank_main(conn: Connection) -> None:
+    """One compile rank's process (see runtime/worker_process.py)."""
     job = conn.recv()
     try:
         conn.send(("done", _compile_rank(job)))
     except BaseException:
         conn.send(("error", traceback.format_exc()))
-
-
-if __name__ == "__main__":
-    _main()

@@ -5,20 +5,21 @@ ranks in step, so every rank runs the same decoder for a step. Only rank 0's log
 that dies turns the next call (or the one in flight, when gloo notices the closed connection) into a
 clear error; the runner then shuts every rank down so a new model can be made.
 
-Run as `python -m bucketserve.runtime.tp_runner FD` for one worker rank (see worker_process.py).
+Each worker rank runs worker_main in its own interpreter (see worker_process.py).
 """
 from __future__ import annotations
 
 import logging
 import time
 import weakref
+from multiprocessing.connection import Connection
 from pathlib import Path
 
 from ..config import CompileConfig
 from ..models.config import ModelConfig
 from . import distributed
 from .rank_loader import load_rank_runner
-from .worker_process import WorkerProcess, connection_to_parent
+from .worker_process import WorkerProcess
 
 logger = logging.getLogger(__name__)
 READY_TIMEOUT_S = 600  # loading a rank's graphs and weights
@@ -39,7 +40,7 @@ class TensorParallelRunner:
     def __init__(self, directory: Path, compile_config: CompileConfig, model_config: ModelConfig):
         port = distributed.free_port()
         self.workers = [
-            WorkerProcess(__name__, dict(directory=str(directory), compile_config=compile_config.to_dict(),
+            WorkerProcess(worker_main, dict(directory=str(directory), compile_config=compile_config.to_dict(),
                                          model_config=model_config.to_dict(), rank=rank, port=port),
                           name=f"tensor-parallel worker rank {rank}")
             for rank in range(1, compile_config.tensor_parallel_size)
@@ -109,8 +110,7 @@ class TensorParallelRunner:
         return getattr(self.local, name)
 
 
-def _worker_main() -> None:
-    conn = connection_to_parent()
+def worker_main(conn: Connection) -> None:
     job = conn.recv()
     config = CompileConfig.from_dict(job["compile_config"])
     rank = job["rank"]
@@ -133,7 +133,3 @@ def _worker_main() -> None:
         except Exception as err:  # rank 0 raises the same error for a bad request; keep serving
             logger.warning("rank %d: %s failed: %r", rank, method, err)
     distributed.destroy_process_group()
-
-
-if __name__ == "__main__":
-    _worker_main()

@@ -1,4 +1,4 @@
-"""Helper processes started as fresh interpreters (`python -m module`), talking over a socket pair.
+"""Helper processes started as fresh interpreters, talking over a socket pair.
 
 Not multiprocessing's spawn: that re-imports the user's main script in every child, which breaks scripts
 without an `if __name__ == "__main__":` guard, such as the seed's. A child whose parent dies sees its socket
@@ -9,15 +9,20 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
+from collections.abc import Callable
 from multiprocessing.connection import Connection
+
+ENTRY_MODULE = "bucketserve.runtime.worker_entry"
 
 
 class WorkerProcess:
-    def __init__(self, module: str, payload: dict, name: str):
+    def __init__(self, target: Callable[[Connection], None], payload: dict, name: str):
+        """Run target(connection) in a new interpreter; target must be a module-level function."""
         parent_end, child_end = socket.socketpair()
         self.name = name
         self.process = subprocess.Popen(
-            [sys.executable, "-m", module, str(child_end.fileno())], pass_fds=[child_end.fileno()]
+            [sys.executable, "-m", ENTRY_MODULE, f"{target.__module__}:{target.__name__}", str(child_end.fileno())],
+            pass_fds=[child_end.fileno()],
         )
         child_end.close()
         self.conn = Connection(parent_end.detach())
@@ -45,8 +50,3 @@ class WorkerProcess:
             self.process.kill()
             self.process.wait()
         self.conn.close()
-
-
-def connection_to_parent() -> Connection:
-    """In a worker's __main__: the socket its parent passed as argv[1]."""
-    return Connection(int(sys.argv[1]))
