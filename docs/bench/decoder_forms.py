@@ -1,0 +1,47 @@
+"""One decoder graph of the bench model under torch.compile, with its projections fused per row (as
+compiled decoders are) or through F.linear (MKL), at a given context length, 2 threads:
+
+    python docs/bench/decoder_forms.py CHECKPOINT_DIR BATCH fused|mkl [CONTEXT_LEN]
+
+CHECKPOINT_DIR: the bench's cached ~/.cache/bucketserve/bench/checkpoint-smollm2-135m-* directory. Every
+row sits at position CONTEXT_LEN - 1 (default 2048: the full context).
+"""
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+import bucketserve.models.llama as llama
+from bucketserve.config import build_compile_config
+from bucketserve.models.checkpoint import load_safetensors, read_hf_config
+from bucketserve.models.config import ModelConfig
+from bucketserve.runtime.kv_cache import KVCache
+from bucketserve.runtime.weights import build_model
+
+torch.set_num_threads(2)
+checkpoint, batch, form = Path(sys.argv[1]).expanduser(), int(sys.argv[2]), sys.argv[3]
+context_len = int(sys.argv[4]) if len(sys.argv) > 4 else 2048
+if form == "mkl":  # the same graph with every projection through F.linear
+    llama.rows_times_weight = lambda x, weight: F.linear(x, weight)
+model_config = ModelConfig.from_hf_dict(read_hf_config(checkpoint))
+compile_config = build_compile_config(dict(batch_size=8, max_seq_len=2048, decoder_batch_sizes=[batch, 8]), model_config)
+model = build_model(model_config, compile_config, load_safetensors(checkpoint), torch.device("cpu"))
+cache = KVCache(model, compile_config, torch.device("cpu"))
+cache.tensor.normal_()
+graph = torch.compile(llama.DecoderGraph(model, fused_decode=True))
+last = context_len - 1
+tables = torch.tensor([[1 + row] for row in range(batch)])  # one 2048-position block per row
+inputs = (torch.ones(batch, dtype=torch.long), torch.full((batch,), last), tables[:, 0] * 2048 + last, tables,
+          torch.arange(context_len), cache.tensor)
+with torch.inference_mode():
+    for _ in range(3):
+        graph(*inputs)
+    times = []
+    for _ in range(7):
+        started = time.perf_counter()
+        graph(*inputs)
+        times.append(time.perf_counter() - started)
+times.sort()
+print(f"decoder {batch}, {form}, context {context_len}: median {times[3] * 1e3:.1f} ms (min {times[0] * 1e3:.1f})")
