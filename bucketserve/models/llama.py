@@ -23,9 +23,10 @@ def rows_times_weight(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """x [..., in] @ weight.T written as one multiply-and-sum over the weight per row of x.
 
     For the compiler only: Inductor fuses the rows' reductions into one loop that reads each weight row
-    once, for every row of x, at memory bandwidth. A decode step is a GEMV or a GEMM of 1 to 8 rows, for
-    which MKL read fp32 weights at 7.5 to 12 GB/s on our 2-core machine where a plain reduction reads 19 to
-    29 GB/s. Run eagerly this would materialise an [out, in] product per row.
+    once for every row of x. A decode step is a GEMV or a GEMM of 1 to 8 rows; on our 2-core machine this
+    loop read the fp32 weights at 24 GB/s for 1 row and 14 GB/s for 4, where MKL read them at 11 and 8, and
+    at 8 rows both read about 7 GB/s (docs/PERFORMANCE.md, docs/bench/matmul_forms.py). Run eagerly it
+    would materialise an [out, in] product per row.
     """
     rows = x.reshape(-1, x.shape[-1]).float()
     out = torch.stack([(weight.float() * row).sum(-1) for row in rows.unbind(0)])
