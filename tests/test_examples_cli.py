@@ -1,6 +1,7 @@
 """The seed's two scripts (ported: imports and device changed) and the command line, run as a user would."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,8 +16,9 @@ from bucketserve.entrypoints.cli import main as cli_main
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
-def run(*args: str, timeout: int = 600) -> str:
-    done = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=timeout)
+def run(*args: str, timeout: int = 600, env: dict[str, str] | None = None) -> str:
+    done = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=timeout,
+                          env=None if env is None else {**os.environ, **env})
     assert done.returncode == 0, done.stderr[-3000:]
     return done.stdout
 
@@ -25,11 +27,15 @@ def test_seed_scripts_compile_then_serve(tmp_path):
     # The seed compiles with max_seq_len 8192, so the checkpoint must allow that many positions.
     checkpoint = build_random_checkpoint(tmp_path / "hf", shape="tiny", max_position_embeddings=8192)
     compiled = tmp_path / "rbln-dynamic"
-    run(str(EXAMPLES / "compile_dynamic_batch.py"), str(checkpoint), str(compiled))
-    # rbln_tensor_parallel_size=4: four ranks, each with its weight shard and its own graph set.
+    inductor_cache = tmp_path / "inductor"
+    run(str(EXAMPLES / "compile_dynamic_batch.py"), str(checkpoint), str(compiled),
+        env={"TORCHINDUCTOR_CACHE_DIR": str(inductor_cache)})
+    # rbln_tensor_parallel_size=4: four ranks, each with its weight shard and its own graph set, compiled in
+    # an Inductor cache of its own (the ranks' identical code once raced in a shared one).
     for rank in range(4):
         assert sorted(p.name for p in (compiled / f"rank{rank}" / "graphs").iterdir()) == [
             "decoder_batch_1.pt2", "decoder_batch_4.pt2", "decoder_batch_8.pt2", "prefill.pt2"]
+        assert any((inductor_cache / f"tensor_parallel_rank{rank}").iterdir())
     stdout = run(str(EXAMPLES / "serve_dynamic_batch.py"), str(compiled))
     lines = [line for line in stdout.splitlines() if line.startswith("Prompt: ")]
     assert len(lines) == 1 + 4 + 8

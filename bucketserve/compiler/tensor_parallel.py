@@ -5,9 +5,12 @@ Each rank compiles in its own interpreter, in compile_rank_main (see runtime/wor
 """
 from __future__ import annotations
 
+import os
 import traceback
 from multiprocessing.connection import Connection
 from pathlib import Path
+
+from torch._inductor.runtime.cache_dir_utils import cache_dir
 
 from ..config import CompileConfig
 from ..models.checkpoint import load_safetensors
@@ -33,12 +36,19 @@ def _compile_rank(job: dict) -> dict[str, float]:
         distributed.destroy_process_group()
 
 
+def rank_inductor_cache(rank: int) -> dict[str, str]:
+    """Each compile rank its own Inductor cache. The ranks' graphs are the same code (the weights are not in
+    them), so with one shared cache they wrote the same files at the same moment, and a package could take
+    in a half-written file: a rank then failed to load with a JSON parse error."""
+    return {"TORCHINDUCTOR_CACHE_DIR": os.path.join(cache_dir(), f"tensor_parallel_rank{rank}")}
+
+
 def compile_tensor_parallel(source_dir: Path, out_dir: Path, compile_config: CompileConfig, model_config: ModelConfig) -> None:
     port = distributed.free_port()
     workers = [
         WorkerProcess(compile_rank_main, dict(rank=rank, port=port, source_dir=str(source_dir), out_dir=str(out_dir),
-                                     compile_config=compile_config.to_dict(), model_config=model_config.to_dict()),
-                      name=f"compile rank {rank}")
+                                              compile_config=compile_config.to_dict(), model_config=model_config.to_dict()),
+                      name=f"compile rank {rank}", env=rank_inductor_cache(rank))
         for rank in range(compile_config.tensor_parallel_size)
     ]
     compile_seconds: dict[str, float] = {}

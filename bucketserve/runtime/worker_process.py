@@ -6,6 +6,7 @@ close and exits.
 """
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -16,13 +17,15 @@ ENTRY_MODULE = "bucketserve.runtime.worker_entry"
 
 
 class WorkerProcess:
-    def __init__(self, target: Callable[[Connection], None], payload: dict, name: str):
-        """Run target(connection) in a new interpreter; target must be a module-level function."""
+    def __init__(self, target: Callable[[Connection], None], payload: dict, name: str, env: dict[str, str] | None = None):
+        """Run target(connection) in a new interpreter; target must be a module-level function. env: variables
+        set in the child on top of this process's environment."""
         parent_end, child_end = socket.socketpair()
         self.name = name
         self.process = subprocess.Popen(
             [sys.executable, "-m", ENTRY_MODULE, f"{target.__module__}:{target.__name__}", str(child_end.fileno())],
             pass_fds=[child_end.fileno()],
+            env={**os.environ, **(env or {})},
         )
         child_end.close()
         self.conn = Connection(parent_end.detach())
