@@ -187,7 +187,7 @@ def test_compiled_decoder_reads_as_many_context_positions_as_it_is_given(compile
 
     def logits_reading(context_len: int) -> torch.Tensor:
         with torch.inference_mode():
-            return runner.decoders[1](*inputs, runner.context_positions[:context_len], runner.kv_cache.tensor)
+            return runner.decoders[1](*inputs, runner.model.context_positions[:context_len], runner.kv_cache.tensor)
 
     full, needed, cut = logits_reading(256), logits_reading(128), logits_reading(64)
     assert torch.allclose(full, needed, rtol=0, atol=1e-5 * full.abs().max().item())

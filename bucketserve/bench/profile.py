@@ -37,7 +37,7 @@ def _graph_inputs(model, batch: int, context_len: int) -> tuple:
     tables = full_context_tables(model, batch)
     slots = [cache.slot(t, last) for t in tables]
     long = lambda values: torch.tensor(values, dtype=torch.long)  # noqa: E731
-    context = model.runner.context_positions[:context_len]
+    context = model.runner.model.context_positions[:context_len]
     return long([1] * batch), long([last] * batch), long(slots), long(tables), context, cache.tensor
 
 

@@ -45,7 +45,6 @@ class ModelRunner:
                 b: aoti.load_graph(graphs / f"{decoder_name(b)}.pt2", graph_constants(decoder))
                 for b in self.decoder_batch_sizes
             }
-        self.context_positions = torch.arange(compile_config.max_seq_len, device=device)
         # Counted since load: which decoder each step ran on, and how many rows were padding.
         self.decode_steps_per_decoder = {b: 0 for b in compile_config.decoder_batch_sizes}
         self.padded_rows = 0
@@ -106,7 +105,7 @@ class ModelRunner:
             self._tensor(list(positions) + [0] * padding),
             self._tensor(slots + [cache.dummy_slot()] * padding),
             self._tensor(tables + [[DUMMY_BLOCK] * cache.blocks_per_sequence] * padding),
-            self.context_positions[: self.decode_context_len(max(positions))],
+            self.model.context_positions[: self.decode_context_len(max(positions))],
             cache.tensor,
         )
         self.decode_steps_per_decoder[batch] += 1
