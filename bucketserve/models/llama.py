@@ -95,17 +95,21 @@ def decode_attention(q, keys, values, context_mask, num_kv_heads: int):
     """One query token per row attending over its context: q [rows, 1, heads, dim], keys and values
     [rows, context, kv_heads, dim] gathered from the cache; returns [rows, 1, heads, dim].
 
-    A broadcast multiply and sum, not SDPA over a gathered copy: compiled, the gather of each key and value
+    Multiply-and-sum reductions, not SDPA over a gathered copy: compiled, the gather of each key and value
     fuses into the reduction that reads it, so a decode step reads its context once instead of copying it
-    first (which tripled the KV traffic of a full-context step). Scores and softmax are computed in fp32.
+    first (which tripled the KV traffic of a full-context step). Each query head of a KV group has its own
+    reduction, stacked: Inductor fuses them into one loop that loads each key (and value) once for the
+    whole group, where one reduction broadcast over the group reloaded it per head and ran at half the
+    speed (docs/bench/attention_forms.py). Scores and softmax are computed in fp32.
     """
     rows, _, num_heads, head_dim = q.shape
     groups = num_heads // num_kv_heads
     query = q.view(rows, 1, num_kv_heads, groups, head_dim).float()
-    scores = (query * keys.unsqueeze(3).float()).sum(-1) * head_dim**-0.5  # [rows, context, kv_heads, groups]
-    scores = scores.masked_fill(~context_mask.view(rows, -1, 1, 1), float("-inf"))
+    keys, values = keys.float(), values.float()
+    scores = torch.stack([(query[:, :, :, g] * keys).sum(-1) for g in range(groups)], dim=-1) * head_dim**-0.5
+    scores = scores.masked_fill(~context_mask.view(rows, -1, 1, 1), float("-inf"))  # [rows, context, kv_heads, groups]
     probs = torch.softmax(scores, dim=1)
-    out = (probs.unsqueeze(-1) * values.unsqueeze(3).float()).sum(1)  # [rows, kv_heads, groups, head_dim]
+    out = torch.stack([(probs[..., g, None] * values).sum(1) for g in range(groups)], dim=2)  # [rows, kv_heads, groups, dim]
     return out.reshape(rows, 1, num_heads, head_dim).to(q.dtype)
 
 

@@ -1,0 +1,58 @@
+"""The decode attention of the bench model (30 layers, 3 KV heads of 64, 3 query heads per KV head) over
+one context length, in two forms under torch.compile, 2 threads:
+
+    python docs/bench/attention_forms.py ROWS broadcast|per-head [CONTEXT_LEN]
+
+broadcast: one multiply-and-sum broadcast over the query heads of a KV group (models/llama.py before
+commit "Decode attention: one reduction per query head"). per-head: one reduction per query head, stacked
+(models.llama.decode_attention now). Each row reads its own 2048-position block; every row sits at
+CONTEXT_LEN - 1 (default 2048). Prints the median time and the context bytes read per second.
+"""
+import sys
+import time
+
+import torch
+
+from bucketserve.models.llama import decode_attention
+
+torch.set_num_threads(2)
+rows, form = int(sys.argv[1]), sys.argv[2]
+context_len = int(sys.argv[3]) if len(sys.argv) > 3 else 2048
+KV_HEADS, GROUPS, HEAD_DIM, BLOCK, LAYERS = 3, 3, 64, 2048, 30
+torch.manual_seed(0)
+cache = torch.randn(LAYERS, 2, (rows + 1) * BLOCK, KV_HEADS, HEAD_DIM)
+query = torch.randn(rows, 1, KV_HEADS * GROUPS, HEAD_DIM)
+tables = torch.arange(1, rows + 1).view(rows, 1)
+positions = torch.full((rows,), context_len - 1)
+
+
+def broadcast(q, keys, values, mask, num_kv_heads):
+    q = q.view(rows, 1, num_kv_heads, GROUPS, HEAD_DIM)
+    scores = (q * keys.unsqueeze(3)).sum(-1) * HEAD_DIM**-0.5
+    probs = torch.softmax(scores.masked_fill(~mask.view(rows, -1, 1, 1), float("-inf")), dim=1)
+    return (probs.unsqueeze(-1) * values.unsqueeze(3)).sum(1)
+
+
+attend = broadcast if form == "broadcast" else decode_attention
+
+
+def every_layer(q, cache, context_positions):
+    slots = tables[:, context_positions // BLOCK] * BLOCK + context_positions % BLOCK
+    mask = context_positions.view(1, -1) <= positions.view(-1, 1)
+    return torch.stack([attend(q, cache[layer, 0][slots], cache[layer, 1][slots], mask, KV_HEADS) for layer in range(LAYERS)])
+
+
+compiled = torch.compile(every_layer, dynamic=False)
+context_positions = torch.arange(context_len)
+with torch.inference_mode():
+    for _ in range(3):
+        compiled(query, cache, context_positions)
+    times = []
+    for _ in range(7):
+        started = time.perf_counter()
+        compiled(query, cache, context_positions)
+        times.append(time.perf_counter() - started)
+times.sort()
+context_bytes = rows * context_len * KV_HEADS * HEAD_DIM * 4 * 2 * LAYERS
+print(f"{form}, {rows} rows, context {context_len}: median {times[3] * 1e3:.1f} ms, "
+      f"{context_bytes / times[3] / 1e9:.1f} GB/s of {context_bytes / 1e6:.0f} MB")
