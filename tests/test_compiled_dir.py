@@ -11,6 +11,7 @@ import transformers
 
 import bucketserve.compiler.aoti
 from bucketserve import AutoModelForCausalLM, LlamaForCausalLM
+from bucketserve.compiler.graph_specs import context_len_through, prefill_width
 from bucketserve.compiler.manifest import MANIFEST, CompiledModelError
 
 
@@ -168,10 +169,33 @@ def test_block_tables_that_would_touch_the_padding_block_or_run_off_the_cache_ar
 
 
 @pytest.mark.parametrize("last_position, expected", [(0, 64), (63, 64), (64, 128), (100, 128), (200, 256), (255, 256)])
-def test_a_decode_step_reads_the_longest_rows_context_rounded_up(compiled_dir, last_position, expected):
+def test_a_call_reads_its_furthest_tokens_context_rounded_up(last_position, expected):
+    assert context_len_through(last_position, max_seq_len=256) == expected
+
+
+@pytest.mark.parametrize("real, chunk, expected", [(1, 32, 16), (16, 32, 16), (17, 32, 32), (32, 32, 32), (20, 24, 24), (5, 8, 8)])
+def test_a_prefill_chunk_runs_its_real_tokens_rounded_up(real, chunk, expected):
+    assert prefill_width(real, chunk) == expected
+
+
+def test_compiled_prefill_runs_short_chunks_over_the_context_they_reach(compiled_dir):
+    """A 40-token prompt with chunk 32 runs as 32 tokens over 64 positions, then 8 real tokens padded to
+    16 over 64; one of 100 at position 0 as 32 + 32 + 32 + 16 (4 real), its last chunk over 128 positions."""
     model = AutoModelForCausalLM.from_pretrained(compiled_dir)
-    assert model.rbln_config.max_seq_len == 256
-    assert model.runner.decode_context_len(last_position) == expected
+    runner = model.runner
+    compiled, calls = runner.prefill_graph, []
+
+    def recording(*inputs):
+        calls.append((inputs[0].shape[1], len(inputs[4])))
+        return compiled(*inputs)
+
+    runner.prefill_graph = recording
+    short, long = prompts_for(model, [40, 100])
+    model.prefill(short, [1])
+    assert calls == [(32, 64), (16, 64)]
+    calls.clear()
+    model.prefill(long, [2, 3])
+    assert calls == [(32, 64), (32, 64), (32, 128), (16, 128)]
 
 
 def test_compiled_decoder_reads_as_many_context_positions_as_it_is_given(compiled_dir):

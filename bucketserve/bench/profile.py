@@ -18,7 +18,7 @@ from collections import defaultdict
 
 import torch
 
-from ..runtime.model_runner import CONTEXT_GRANULE
+from ..compiler.graph_specs import CONTEXT_GRANULE
 from .artifacts import system_name
 from .options import BUCKETS, BenchOptions
 from .scenarios import full_context_tables

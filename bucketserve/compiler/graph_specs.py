@@ -13,10 +13,25 @@ from ..config import CompileConfig
 from ..models.llama import DecoderGraph, LlamaForCausalLM, PrefillGraph
 
 PREFILL = "prefill"
+# A prefill chunk runs its real tokens rounded up to a multiple of this many (whole vectors, few shapes).
+PREFILL_GRANULE = 16
+# Graphs read context in multiples of this many positions.
+CONTEXT_GRANULE = 64
 
 
 def decoder_name(batch_size: int) -> str:
     return f"decoder_batch_{batch_size}"
+
+
+def prefill_width(real_tokens: int, chunk_size: int) -> int:
+    """Tokens a prefill call runs for a chunk of real_tokens: rounded up to PREFILL_GRANULE, at most chunk_size."""
+    return min(-(-real_tokens // PREFILL_GRANULE) * PREFILL_GRANULE, chunk_size)
+
+
+def context_len_through(last_position: int, max_seq_len: int) -> int:
+    """Context positions a call reads when its furthest token sits at last_position: rounded up to
+    CONTEXT_GRANULE (whole vectors for the compiled loops), at most max_seq_len."""
+    return min((last_position // CONTEXT_GRANULE + 1) * CONTEXT_GRANULE, max_seq_len)
 
 
 def graph_names(compile_config: CompileConfig) -> list[str]:
@@ -39,11 +54,17 @@ def graph_specs(model: LlamaForCausalLM, compile_config: CompileConfig, kv_cache
     def ids(*shape):
         return torch.zeros(shape, dtype=torch.long, device=device)
 
-    specs = [GraphSpec(PREFILL, PrefillGraph(model), (ids(1, chunk), ids(1, chunk), ids(1, chunk), ids(1, blocks), ids(1), kv_cache))]
-    # A decoder reads context_positions = 0..context_len-1 of each row, context_len chosen per step (the
-    # runtime's decode_context_len); every other input has its shape fixed by the batch size.
+    # Every graph reads context_positions = 0..context_len-1 of each row, context_len chosen per call (the
+    # runtime's context_len_through): a free dimension of the export.
     context_len = torch.export.Dim("context_len", min=1, max=compile_config.max_seq_len)
     context_positions = torch.arange(compile_config.max_seq_len, device=device)
+    # The prefill chunk's length is free too, from PREFILL_GRANULE tokens up (the runtime rounds a chunk's
+    # real tokens up to it); a chunk size that small leaves nothing to vary, and the shape fixed.
+    token_dims = {1: torch.export.Dim("chunk_len", min=PREFILL_GRANULE, max=chunk)} if chunk > PREFILL_GRANULE else None
+    prefill_inputs = (ids(1, chunk), ids(1, chunk), ids(1, chunk), ids(1, blocks), context_positions, ids(1), kv_cache)
+    prefill_dynamic = (token_dims, token_dims, token_dims, None, {0: context_len}, None, None)
+    specs = [GraphSpec(PREFILL, PrefillGraph(model), prefill_inputs, prefill_dynamic)]
+    # A decoder's other inputs have their shapes fixed by its batch size.
     for b in compile_config.decoder_batch_sizes:
         inputs = (ids(b), ids(b), ids(b), ids(b, blocks), context_positions, kv_cache)
         dynamic = (None, None, None, None, {0: context_len}, None)

@@ -12,7 +12,9 @@ from typing import Any
 import torch
 
 MANIFEST = "bucketserve_manifest.json"
-FORMAT_VERSION = 2  # 2: decoder graphs take context_positions, of any length up to max_seq_len
+# 2: decoder graphs take context_positions, of any length up to max_seq_len
+# 3: so does the prefill graph, and its chunk length is free
+FORMAT_VERSION = 3
 
 
 class CompiledModelError(RuntimeError):

@@ -2,7 +2,7 @@
 
 Architecture only: no compilation, no serving logic. Parameter names match Hugging Face checkpoints so
 weights load by name. Every forward takes a batch of `rows`, each with `query_len` tokens:
-prefill is 1 row of `prefill_chunk_size` tokens, a decode step is B rows of 1 token.
+prefill is 1 row of up to `prefill_chunk_size` tokens, a decode step is B rows of 1 token.
 
 The KV cache is one tensor [num_layers, 2, num_slots, num_kv_heads, head_dim] owned by the runtime; a
 slot is (block id * block_size + offset). Graphs write the new keys/values into `slot_mapping` in place
@@ -240,16 +240,19 @@ class LlamaForCausalLM(nn.Module):
 
 
 class PrefillGraph(nn.Module):
-    """One chunk of one prompt: returns the logits of the chunk's last real token and every hidden state."""
+    """One chunk of one prompt: returns the logits of the chunk's last real token and every hidden state.
+
+    The chunk's length and context_positions' are both free in the compiled graph (see graph_specs): the
+    runtime passes the chunk's real tokens rounded up to a few, and only the context they reach, so a
+    32-token prompt does not pay for a 128-token chunk over all max_seq_len positions.
+    """
 
     def __init__(self, model: LlamaForCausalLM):
         super().__init__()
         self.model = model
 
-    def forward(self, input_ids, positions, slot_mapping, block_table, last_index, kv_cache):
-        hidden = self.model.hidden_states(
-            input_ids, positions, slot_mapping, block_table, self.model.context_positions, kv_cache
-        )
+    def forward(self, input_ids, positions, slot_mapping, block_table, context_positions, last_index, kv_cache):
+        hidden = self.model.hidden_states(input_ids, positions, slot_mapping, block_table, context_positions, kv_cache)
         last_hidden = hidden[0].index_select(0, last_index)  # [1, hidden]
         return self.model.lm_head(last_hidden).float(), hidden[0]
 

@@ -8,21 +8,18 @@ from pathlib import Path
 import torch
 
 from ..compiler import aoti
-from ..compiler.graph_specs import PREFILL, decoder_name, graph_constants
+from ..compiler.graph_specs import PREFILL, context_len_through, decoder_name, graph_constants, prefill_width
 from ..compiler.layout import GRAPHS_DIR
 from ..config import CompileConfig
 from ..models.config import ModelConfig
 from ..models.llama import DecoderGraph, LlamaForCausalLM, PrefillGraph
 from .kv_cache import DUMMY_BLOCK, KVCache
 
+
 @dataclass
 class PrefillOutput:
     logits: torch.Tensor  # [vocab] fp32: the next-token logits after the prompt
     hidden: torch.Tensor | None  # [prompt_len, hidden] final-norm states, when asked for (prompt logprobs)
-
-
-# Decode steps read context in multiples of this many positions.
-CONTEXT_GRANULE = 64
 
 
 class ModelRunner:
@@ -78,13 +75,14 @@ class ModelRunner:
         hidden_chunks = []
         for chunk_start in range(start, end, chunk_size):
             real = min(chunk_size, end - chunk_start)
-            ids = token_ids[chunk_start - start : chunk_start - start + real] + [0] * (chunk_size - real)
-            positions = [min(chunk_start + i, self.compile_config.max_seq_len - 1) for i in range(chunk_size)]
+            width = prefill_width(real, chunk_size)
+            ids = token_ids[chunk_start - start : chunk_start - start + real] + [0] * (width - real)
+            positions = [min(chunk_start + i, self.compile_config.max_seq_len - 1) for i in range(width)]
             # Padding tokens of the last chunk write only into the dummy block.
-            slots = [cache.slot(block_table, chunk_start + i) if i < real else cache.dummy_slot(i) for i in range(chunk_size)]
+            slots = [cache.slot(block_table, chunk_start + i) if i < real else cache.dummy_slot(i) for i in range(width)]
             logits, hidden = self.prefill_graph(
                 self._tensor([ids]), self._tensor([positions]), self._tensor([slots]), self._tensor([table]),
-                self._tensor([real - 1]), cache.tensor,
+                self._context_positions(chunk_start + real - 1), self._tensor([real - 1]), cache.tensor,
             )
             if return_hidden:
                 hidden_chunks.append(hidden[:real])
@@ -105,18 +103,16 @@ class ModelRunner:
             self._tensor(list(positions) + [0] * padding),
             self._tensor(slots + [cache.dummy_slot()] * padding),
             self._tensor(tables + [[DUMMY_BLOCK] * cache.blocks_per_sequence] * padding),
-            self.model.context_positions[: self.decode_context_len(max(positions))],
+            self._context_positions(max(positions)),
             cache.tensor,
         )
         self.decode_steps_per_decoder[batch] += 1
         self.padded_rows += padding
         return logits[:num_seqs]
 
-    def decode_context_len(self, last_position: int) -> int:
-        """How many context positions a decode step reads: the longest row's, rounded up to a multiple of
-        CONTEXT_GRANULE (whole vectors for the compiled loops), at most max_seq_len."""
-        granules = last_position // CONTEXT_GRANULE + 1
-        return min(granules * CONTEXT_GRANULE, self.compile_config.max_seq_len)
+    def _context_positions(self, last_position: int) -> torch.Tensor:
+        """0, 1, ... as far as a call whose furthest token sits at last_position reads (a view, no copy)."""
+        return self.model.context_positions[: context_len_through(last_position, self.compile_config.max_seq_len)]
 
     def close(self) -> None:
         """Nothing to release in-process; the tensor-parallel runner has workers to stop."""
