@@ -19,27 +19,38 @@ from torch import nn
 from .config import ModelConfig
 
 
+# A compiled decode step of up to this many rows multiplies through rows_times_weight, of more through
+# F.linear (MKL). Measured on our 2-core machine with the whole decoder graph: fused was faster at 1 and 4
+# rows, MKL at 8 (docs/PERFORMANCE.md, docs/bench/decoder_forms.py); 5 to 7 rows were not measured.
+FUSED_MAX_ROWS = 4
+
+
 def rows_times_weight(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """x [..., in] @ weight.T written as one multiply-and-sum over the weight per row of x.
 
     For the compiler only: Inductor fuses the rows' reductions into one loop that reads each weight row
-    once for every row of x. A decode step is a GEMV or a GEMM of 1 to 8 rows; on our 2-core machine this
-    loop read the fp32 weights at 24 GB/s for 1 row and 14 GB/s for 4, where MKL read them at 11 and 8, and
-    at 8 rows both read about 7 GB/s (docs/PERFORMANCE.md, docs/bench/matmul_forms.py). Run eagerly it
-    would materialise an [out, in] product per row.
+    once for every row of x. On our 2-core machine this loop read the fp32 weights at 24 GB/s for 1 row and
+    14 GB/s for 4, where MKL's GEMV/GEMM read them at 11 and 8 (docs/bench/matmul_forms.py); at 8 rows the
+    loop is bound by its loads of the rows and MKL is faster. Run eagerly it would materialise an
+    [out, in] product per row.
     """
     rows = x.reshape(-1, x.shape[-1]).float()
     out = torch.stack([(weight.float() * row).sum(-1) for row in rows.unbind(0)])
     return out.view(*x.shape[:-1], weight.shape[0]).to(x.dtype)
 
 
+def project(x: torch.Tensor, weight: torch.Tensor, fused_decode: bool) -> torch.Tensor:
+    """x @ weight.T in the faster form: rows_times_weight in a compiled decode step of few rows, else F.linear."""
+    if fused_decode and x.numel() // x.shape[-1] <= FUSED_MAX_ROWS:
+        return rows_times_weight(x, weight)
+    return F.linear(x, weight)
+
+
 class Linear(nn.Linear):
-    """nn.Linear that, in a compiled decode step, multiplies through rows_times_weight."""
+    """nn.Linear that, in a compiled decode step, multiplies in the form `project` picks."""
 
     def forward(self, x: torch.Tensor, fused_decode: bool = False) -> torch.Tensor:
-        if not fused_decode:
-            return F.linear(x, self.weight, self.bias)
-        out = rows_times_weight(x, self.weight)
+        out = project(x, self.weight, fused_decode)
         return out if self.bias is None else out + self.bias
 
 
@@ -263,10 +274,10 @@ class DecoderGraph(nn.Module):
     context_positions is an input whose length the compiled graph leaves free (see graph_specs), so a step
     reads only as many context positions as its longest row needs instead of all max_seq_len.
 
-    fused_decode=True (the graphs AOTInductor compiles) writes the projections as per-row reductions and
-    the attention as a broadcast multiply-and-sum, forms that Inductor fuses into kernels reading each
-    weight and each context position once; run eagerly they would materialise large products, so the
-    eager engine keeps F.linear and SDPA. Both compute the same function.
+    fused_decode=True (the graphs AOTInductor compiles) writes the attention as multiply-and-sum reductions
+    and, up to FUSED_MAX_ROWS rows, the projections as per-row reductions: forms that Inductor fuses into
+    kernels reading each context position and each weight once. Run eagerly they would materialise large
+    products, so the eager engine keeps F.linear and SDPA. Both compute the same function.
     """
 
     def __init__(self, model: LlamaForCausalLM, fused_decode: bool = False):

@@ -16,7 +16,7 @@ import torch.distributed as dist
 from torch import nn
 
 from .config import ModelConfig
-from .llama import LlamaForCausalLM, rows_times_weight
+from .llama import LlamaForCausalLM, project
 
 
 def check_shardable(config: ModelConfig, world_size: int) -> None:
@@ -53,7 +53,7 @@ class AllReduceLinear(nn.Module):
     def forward(self, x: torch.Tensor, fused_decode: bool = False) -> torch.Tensor:
         from torch.distributed import _functional_collectives as funcol
 
-        partial = rows_times_weight(x, self.weight) if fused_decode else nn.functional.linear(x, self.weight)
+        partial = project(x, self.weight, fused_decode)
         out = funcol.all_reduce(partial, "sum", dist.group.WORLD)
         return out if self.bias is None else out + self.bias
 

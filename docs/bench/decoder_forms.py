@@ -1,5 +1,6 @@
 """One decoder graph of the bench model under torch.compile, with its projections fused per row (as
-compiled decoders are) or through F.linear (MKL), at a given context length, 2 threads:
+compiled decoders of up to models.llama.FUSED_MAX_ROWS rows are) or through F.linear (MKL), at a given
+context length, 2 threads:
 
     python docs/bench/decoder_forms.py CHECKPOINT_DIR BATCH fused|mkl [CONTEXT_LEN]
 
@@ -11,7 +12,6 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 import bucketserve.models.llama as llama
 from bucketserve.config import build_compile_config
@@ -23,8 +23,9 @@ from bucketserve.runtime.weights import build_model
 torch.set_num_threads(2)
 checkpoint, batch, form = Path(sys.argv[1]).expanduser(), int(sys.argv[2]), sys.argv[3]
 context_len = int(sys.argv[4]) if len(sys.argv) > 4 else 2048
-if form == "mkl":  # the same graph with every projection through F.linear
-    llama.rows_times_weight = lambda x, weight: F.linear(x, weight)
+# Every projection through rows_times_weight (fused) or through F.linear (mkl), whatever models.llama's
+# FUSED_MAX_ROWS would pick for this batch size.
+llama.FUSED_MAX_ROWS = batch if form == "fused" else 0
 model_config = ModelConfig.from_hf_dict(read_hf_config(checkpoint))
 compile_config = build_compile_config(dict(batch_size=8, max_seq_len=2048, decoder_batch_sizes=[batch, 8]), model_config)
 model = build_model(model_config, compile_config, load_safetensors(checkpoint), torch.device("cpu"))
