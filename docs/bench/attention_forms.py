@@ -9,11 +9,11 @@ commit "Decode attention: one reduction per query head"). per-head: one reductio
 CONTEXT_LEN - 1 (default 2048). Prints the median time and the context bytes read per second.
 """
 import sys
-import time
 
 import torch
 
 from bucketserve.models.llama import decode_attention
+from timing import sorted_seconds
 
 torch.set_num_threads(2)
 rows, form = int(sys.argv[1]), sys.argv[2]
@@ -44,15 +44,7 @@ def every_layer(q, cache, context_positions):
 
 compiled = torch.compile(every_layer, dynamic=False)
 context_positions = torch.arange(context_len)
-with torch.inference_mode():
-    for _ in range(3):
-        compiled(query, cache, context_positions)
-    times = []
-    for _ in range(7):
-        started = time.perf_counter()
-        compiled(query, cache, context_positions)
-        times.append(time.perf_counter() - started)
-times.sort()
+times = sorted_seconds(lambda: compiled(query, cache, context_positions), repeats=7)
 context_bytes = rows * context_len * KV_HEADS * HEAD_DIM * 4 * 2 * LAYERS
 print(f"{form}, {rows} rows, context {context_len}: median {times[3] * 1e3:.1f} ms, "
       f"{context_bytes / times[3] / 1e9:.1f} GB/s of {context_bytes / 1e6:.0f} MB")

@@ -8,7 +8,6 @@ CHECKPOINT_DIR: the bench's cached ~/.cache/bucketserve/bench/checkpoint-smollm2
 row sits at position CONTEXT_LEN - 1 (default 2048: the full context).
 """
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -19,6 +18,7 @@ from bucketserve.models.checkpoint import load_safetensors, read_hf_config
 from bucketserve.models.config import ModelConfig
 from bucketserve.runtime.kv_cache import KVCache
 from bucketserve.runtime.weights import build_model
+from timing import sorted_seconds
 
 torch.set_num_threads(2)
 checkpoint, batch, form = Path(sys.argv[1]).expanduser(), int(sys.argv[2]), sys.argv[3]
@@ -36,13 +36,5 @@ last = context_len - 1
 tables = torch.tensor([[1 + row] for row in range(batch)])  # one 2048-position block per row
 inputs = (torch.ones(batch, dtype=torch.long), torch.full((batch,), last), tables[:, 0] * 2048 + last, tables,
           torch.arange(context_len), cache.tensor)
-with torch.inference_mode():
-    for _ in range(3):
-        graph(*inputs)
-    times = []
-    for _ in range(7):
-        started = time.perf_counter()
-        graph(*inputs)
-        times.append(time.perf_counter() - started)
-times.sort()
+times = sorted_seconds(lambda: graph(*inputs), repeats=7)
 print(f"decoder {batch}, {form}, context {context_len}: median {times[3] * 1e3:.1f} ms (min {times[0] * 1e3:.1f})")

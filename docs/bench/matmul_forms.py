@@ -8,12 +8,12 @@ random, applied to B rows in a chain, timed three ways, 2 threads:
 A check of the projections alone; the whole decoder graph is decoder_forms.py.
 """
 import sys
-import time
 
 import torch
 import torch.nn.functional as F
 
 from bucketserve.models.llama import rows_times_weight
+from timing import sorted_seconds
 
 torch.set_num_threads(2)
 HIDDEN, INTERMEDIATE, Q, KV, LAYERS, VOCAB = 576, 1536, 576, 192, 30, 49152
@@ -37,14 +37,7 @@ def chain(x, layers, head):
 
 run = chain if form == "mkl" else torch.compile(chain)
 x = torch.randn(rows, HIDDEN)
-for _ in range(3):
-    run(x, layers, head)
-times = []
-for _ in range(15):
-    started = time.perf_counter()
-    run(x, layers, head)
-    times.append(time.perf_counter() - started)
-times.sort()
+times = sorted_seconds(lambda: run(x, layers, head), repeats=15)
 weight_bytes = (sum(w.numel() for layer in layers for w in layer) + head.numel()) * 4
 print(f"{form} rows={rows}: median {times[7] * 1e3:.1f} ms (min {times[0] * 1e3:.1f}), weights read at "
       f"{weight_bytes / times[7] / 1e9:.1f} GB/s")
