@@ -21,6 +21,7 @@ import torch
 from ..compiler.graph_specs import CONTEXT_GRANULE
 from .artifacts import system_name
 from .options import BUCKETS, BenchOptions
+from .timing import sorted_seconds
 from .scenarios import full_context_tables
 from .workload import greedy_params, make_engine, make_prompts
 
@@ -42,13 +43,7 @@ def _graph_inputs(model, batch: int, context_len: int) -> tuple:
 
 
 def _median_seconds(call, repeats: int = REPEATS) -> float:
-    call()
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
+    return statistics.median(sorted_seconds(call, repeats, warmup=1))
 
 
 def _profiled_ops(call, repeats: int = REPEATS) -> dict[str, float]:

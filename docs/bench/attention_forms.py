@@ -12,8 +12,8 @@ import sys
 
 import torch
 
+from bucketserve.bench.timing import sorted_seconds
 from bucketserve.models.llama import decode_attention
-from timing import sorted_seconds
 
 torch.set_num_threads(2)
 rows, form = int(sys.argv[1]), sys.argv[2]

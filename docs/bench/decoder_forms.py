@@ -13,12 +13,12 @@ from pathlib import Path
 import torch
 
 import bucketserve.models.llama as llama
+from bucketserve.bench.timing import sorted_seconds
 from bucketserve.config import build_compile_config
 from bucketserve.models.checkpoint import load_safetensors, read_hf_config
 from bucketserve.models.config import ModelConfig
 from bucketserve.runtime.kv_cache import KVCache
 from bucketserve.runtime.weights import build_model
-from timing import sorted_seconds
 
 torch.set_num_threads(2)
 checkpoint, batch, form = Path(sys.argv[1]).expanduser(), int(sys.argv[2]), sys.argv[3]

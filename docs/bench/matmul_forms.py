@@ -12,8 +12,8 @@ import sys
 import torch
 import torch.nn.functional as F
 
+from bucketserve.bench.timing import sorted_seconds
 from bucketserve.models.llama import rows_times_weight
-from timing import sorted_seconds
 
 torch.set_num_threads(2)
 HIDDEN, INTERMEDIATE, Q, KV, LAYERS, VOCAB = 576, 1536, 576, 192, 30, 49152

@@ -1,4 +1,4 @@
-"""The timing loop the A/B scripts beside it share (run as `python docs/bench/X.py`, this folder is on sys.path)."""
+"""The one timing loop: the bench profile and the A/B scripts in docs/bench use it."""
 import time
 
 import torch
