@@ -21,8 +21,8 @@ import torch
 from ..compiler.graph_specs import CONTEXT_GRANULE
 from .artifacts import system_name
 from .options import BUCKETS, BenchOptions
-from .timing import sorted_seconds
 from .scenarios import full_context_tables
+from .timing import sorted_seconds
 from .workload import greedy_params, make_engine, make_prompts
 
 REPEATS = 5

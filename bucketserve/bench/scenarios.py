@@ -10,6 +10,7 @@ import time
 
 from .options import GROUP_SIZES, BenchOptions
 from .roofline import step_floor
+from .timing import sorted_seconds
 from .workload import greedy_params, make_engine, make_prompts
 
 WARMUP_STEPS = 2
@@ -28,13 +29,7 @@ def step_latency(model, options: BenchOptions, bytes_per_second: float) -> dict:
     for batch in sorted(model.compile_config.decoder_batch_sizes, reverse=True):
         tables = full_context_tables(model, batch)
         ids, positions = [1] * batch, [last] * batch
-        for _ in range(WARMUP_STEPS):
-            model.decode(ids, positions, tables)
-        times = []
-        for _ in range(options.step_repeats):
-            started = time.perf_counter()
-            model.decode(ids, positions, tables)
-            times.append(time.perf_counter() - started)
+        times = sorted_seconds(lambda: model.decode(ids, positions, tables), options.step_repeats, warmup=WARMUP_STEPS)
         floor = step_floor(model, batch, last + 1, bytes_per_second)
         median = statistics.median(times)
         results[str(batch)] = {

@@ -1,4 +1,4 @@
-"""The one timing loop: the bench profile and the A/B scripts in docs/bench use it."""
+"""The one timing loop: the step-latency scenario, the profile and the A/B scripts in docs/bench use it."""
 import time
 
 import torch
