@@ -96,7 +96,7 @@ def test_profile_splits_a_decode_step(quick_run):
     _, results, _ = quick_run
     for decoder in results["profile"]["decoders"].values():
         assert {"graph_seconds", "runtime_host_seconds", "graph_short_context_seconds", "context_seconds",
-                "mkl_matmul_seconds"} <= decoder.keys()
+                "gemm_matmul_seconds"} <= decoder.keys()
         assert decoder["short_context_len"] <= decoder["context_len"]
         assert {"matmul_seconds", "attention_seconds"} <= decoder["eager"].keys()
     assert {"step_seconds", "decode_seconds", "sampling_seconds", "engine_python_seconds"} <= results["profile"]["engine_step"].keys()

@@ -5,8 +5,8 @@ sampling, and the engine's Python bookkeeping.
   model.decode (the runtime's host work is the difference). The same graph reading only the first
   CONTEXT_GRANULE positions is the step's cost without the context: weights (matmuls), norms, rotary,
   sampling-free logits. Full minus that is what reading and attending over the rest of the context costs.
-- For comparison, every weight matrix applied to `batch` rows with F.linear (MKL), which the compiled
-  decoders no longer call (see models/llama.py rows_times_weight).
+- For comparison, every weight matrix applied to `batch` rows, uncompiled, by models.llama.dense_linear:
+  the GEMM that compiled decoders of more than FUSED_MAX_ROWS rows call (oneDNN's on the CPU).
 - The eager model at the same shapes under torch.profiler splits the attention into its ops.
 - An engine run of the group of 8 times every step, its decode call and its sampler call.
 """
@@ -19,6 +19,7 @@ from collections import defaultdict
 import torch
 
 from ..compiler.graph_specs import CONTEXT_GRANULE
+from ..models.llama import dense_linear
 from .artifacts import system_name
 from .options import BUCKETS, BenchOptions
 from .scenarios import full_context_tables
@@ -80,7 +81,7 @@ def _matmuls(model, batch: int):
 
     def call():
         for weight in matrices:
-            torch.nn.functional.linear(rows[weight.shape[1]], weight)
+            dense_linear(rows[weight.shape[1]], weight)
 
     return call
 
@@ -100,7 +101,7 @@ def decoder_profile(model, batch: int, eager_model=None) -> dict:
         "runtime_host_seconds": max(0.0, decode_seconds - graph_seconds),
         "short_context_len": short, "graph_short_context_seconds": short_seconds,
         "context_seconds": max(0.0, graph_seconds - short_seconds),
-        "mkl_matmul_seconds": _median_seconds(_matmuls(model, batch)),
+        "gemm_matmul_seconds": _median_seconds(_matmuls(model, batch)),
     }
     if eager_model is not None:
         eager_graph = eager_model.runner.decoders[batch]

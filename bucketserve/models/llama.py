@@ -20,8 +20,8 @@ from .config import ModelConfig
 
 
 # A compiled decode step of up to this many rows multiplies through rows_times_weight, of more through
-# F.linear (MKL). Measured on our 2-core machine with the whole decoder graph: fused was faster at 1 and 4
-# rows, MKL at 8 (docs/PERFORMANCE.md, docs/bench/decoder_forms.py); 5 to 7 rows were not measured.
+# dense_linear. Measured on our 2-core machine with the whole decoder graph: fused was faster at 1 and 4
+# rows (docs/PERFORMANCE.md, docs/bench/decoder_forms.py); 5 to 7 rows were not measured.
 FUSED_MAX_ROWS = 4
 
 
@@ -31,7 +31,7 @@ def rows_times_weight(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     For the compiler only: Inductor fuses the rows' reductions into one loop that reads each weight row
     once for every row of x. On our 2-core machine this loop read the fp32 weights at 24 GB/s for 1 row and
     14 GB/s for 4, where MKL's GEMV/GEMM read them at 11 and 8 (docs/bench/matmul_forms.py); at 8 rows the
-    loop is bound by its loads of the rows and MKL is faster. Run eagerly it would materialise an
+    loop is bound by its loads of the rows and a GEMM is faster. Run eagerly it would materialise an
     [out, in] product per row.
     """
     rows = x.reshape(-1, x.shape[-1]).float()
@@ -39,11 +39,23 @@ def rows_times_weight(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return out.view(*x.shape[:-1], weight.shape[0]).to(x.dtype)
 
 
+def dense_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """x @ weight.T as a GEMM: oneDNN's for fp32 on the CPU, F.linear (MKL, cuBLAS) otherwise.
+
+    On our 2-core AMD machine, F.linear's fp32 GEMM (MKL) read the weights at 8 GB/s for 4 to 16 rows;
+    oneDNN's, on the same plain weights, was 1.5x faster at 6 to 16 rows and 1.2x at 128
+    (docs/bench/matmul_forms.py). The op lowers to a direct call in AOTInductor's generated code.
+    """
+    if x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32 and torch.backends.mkldnn.is_available():
+        return torch.ops.mkldnn._linear_pointwise(x, weight, None, "none", [None], "")
+    return F.linear(x, weight)
+
+
 def project(x: torch.Tensor, weight: torch.Tensor, fused_decode: bool) -> torch.Tensor:
-    """x @ weight.T in the faster form: rows_times_weight in a compiled decode step of few rows, else F.linear."""
+    """x @ weight.T in the faster form: rows_times_weight in a compiled decode step of few rows, else dense_linear."""
     if fused_decode and x.numel() // x.shape[-1] <= FUSED_MAX_ROWS:
         return rows_times_weight(x, weight)
-    return F.linear(x, weight)
+    return dense_linear(x, weight)
 
 
 class Linear(nn.Linear):

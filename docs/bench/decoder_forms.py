@@ -1,8 +1,8 @@
 """One decoder graph of the bench model under torch.compile, with its projections fused per row (as
-compiled decoders of up to models.llama.FUSED_MAX_ROWS rows are) or through F.linear (MKL), at a given
-context length, 2 threads:
+compiled decoders of up to models.llama.FUSED_MAX_ROWS rows are), through models.llama.dense_linear
+(oneDNN, as larger decoders are) or through F.linear (MKL), at a given context length, 2 threads:
 
-    python docs/bench/decoder_forms.py CHECKPOINT_DIR BATCH fused|mkl [CONTEXT_LEN]
+    python docs/bench/decoder_forms.py CHECKPOINT_DIR BATCH fused|onednn|mkl [CONTEXT_LEN]
 
 CHECKPOINT_DIR: the bench's cached ~/.cache/bucketserve/bench/checkpoint-smollm2-135m-* directory. Every
 row sits at position CONTEXT_LEN - 1 (default 2048: the full context).
@@ -23,9 +23,11 @@ from bucketserve.runtime.weights import build_model
 torch.set_num_threads(2)
 checkpoint, batch, form = Path(sys.argv[1]).expanduser(), int(sys.argv[2]), sys.argv[3]
 context_len = int(sys.argv[4]) if len(sys.argv) > 4 else 2048
-# Every projection through rows_times_weight (fused) or through F.linear (mkl), whatever models.llama's
-# FUSED_MAX_ROWS would pick for this batch size.
+# Every projection through rows_times_weight (fused), dense_linear (onednn) or F.linear (mkl), whatever
+# models.llama's FUSED_MAX_ROWS would pick for this batch size.
 llama.FUSED_MAX_ROWS = batch if form == "fused" else 0
+if form == "mkl":
+    llama.dense_linear = torch.nn.functional.linear
 model_config = ModelConfig.from_hf_dict(read_hf_config(checkpoint))
 compile_config = build_compile_config(dict(batch_size=8, max_seq_len=2048, decoder_batch_sizes=[batch, 8]), model_config)
 model = build_model(model_config, compile_config, load_safetensors(checkpoint), torch.device("cpu"))

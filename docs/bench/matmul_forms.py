@@ -1,7 +1,8 @@
 """Every weight matrix of the bench model (30 layers' q, k, v, o, gate, up, down, then the lm_head),
-random, applied to B rows in a chain, timed three ways, 2 threads:
+random, applied to B rows in a chain, timed four ways, 2 threads:
 
     python docs/bench/matmul_forms.py mkl B     # F.linear, uncompiled (MKL's GEMV / small GEMM)
+    python docs/bench/matmul_forms.py onednn B  # models.llama.dense_linear, uncompiled (oneDNN's GEMM)
     python docs/bench/matmul_forms.py fused B   # models.llama.rows_times_weight under torch.compile
     python docs/bench/matmul_forms.py inductor B  # F.linear under torch.compile (Inductor calls MKL too)
 
@@ -13,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from bucketserve.bench.timing import sorted_seconds
-from bucketserve.models.llama import rows_times_weight
+from bucketserve.models.llama import dense_linear, rows_times_weight
 
 torch.set_num_threads(2)
 HIDDEN, INTERMEDIATE, Q, KV, LAYERS, VOCAB = 576, 1536, 576, 192, 30, 49152
@@ -23,7 +24,7 @@ layers = [[torch.randn(n, k) * 0.02 for n, k in ((Q, HIDDEN), (KV, HIDDEN), (KV,
                                                    (INTERMEDIATE, HIDDEN), (INTERMEDIATE, HIDDEN), (HIDDEN, INTERMEDIATE))]
           for _ in range(LAYERS)]
 head = torch.randn(VOCAB, HIDDEN) * 0.02
-linear = rows_times_weight if form == "fused" else F.linear
+linear = {"fused": rows_times_weight, "onednn": dense_linear}.get(form, F.linear)
 
 
 def chain(x, layers, head):
@@ -35,7 +36,7 @@ def chain(x, layers, head):
     return linear(x, head)
 
 
-run = chain if form == "mkl" else torch.compile(chain)
+run = chain if form in ("mkl", "onednn") else torch.compile(chain)
 x = torch.randn(rows, HIDDEN)
 times = sorted_seconds(lambda: run(x, layers, head), repeats=15)
 weight_bytes = (sum(w.numel() for layer in layers for w in layer) + head.numel()) * 4
