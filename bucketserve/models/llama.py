@@ -20,8 +20,8 @@ from .config import ModelConfig
 
 
 # A compiled decode step of up to this many rows multiplies through rows_times_weight, of more through
-# dense_linear. Measured on our 2-core machine with the whole decoder graph: fused was faster at 1 and 4
-# rows (docs/PERFORMANCE.md, docs/bench/decoder_forms.py); 5 to 7 rows were not measured.
+# dense_linear. Measured on our 2-core machine with the whole decoder graph (docs/bench/decoder_forms.py):
+# fused was faster at 1 and 4 rows, oneDNN at 8 (docs/PERFORMANCE.md); 5 to 7 rows were not measured.
 FUSED_MAX_ROWS = 4
 
 
@@ -42,9 +42,9 @@ def rows_times_weight(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 def dense_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """x @ weight.T as a GEMM: oneDNN's for fp32 on the CPU, F.linear (MKL, cuBLAS) otherwise.
 
-    On our 2-core AMD machine, F.linear's fp32 GEMM (MKL) read the weights at 8 GB/s for 4 to 16 rows;
-    oneDNN's, on the same plain weights, was 1.5x faster at 6 to 16 rows and 1.2x at 128
-    (docs/bench/matmul_forms.py). The op lowers to a direct call in AOTInductor's generated code.
+    On our 2-core AMD machine, F.linear's fp32 GEMM (MKL) read the weights at 7 to 8.5 GB/s for 4 to 16
+    rows; oneDNN's, on the same plain weights, was 1.3x to 1.9x faster from 4 to 128 rows
+    (docs/bench/matmul_forms.py, figures in docs/PERFORMANCE.md). AOTInductor emits the op as a direct call.
     """
     if x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32 and torch.backends.mkldnn.is_available():
         return torch.ops.mkldnn._linear_pointwise(x, weight, None, "none", [None], "")

@@ -1,6 +1,7 @@
-"""One decoder graph of the bench model under torch.compile, with its projections fused per row (as
-compiled decoders of up to models.llama.FUSED_MAX_ROWS rows are), through models.llama.dense_linear
-(oneDNN, as larger decoders are) or through F.linear (MKL), at a given context length, 2 threads:
+"""One decoder graph of the bench model, compiled as bucketserve compiles it (torch.export + AOTInductor),
+with its projections fused per row (as compiled decoders of up to models.llama.FUSED_MAX_ROWS rows are),
+through models.llama.dense_linear (oneDNN, as larger decoders are) or through F.linear (MKL), timed at a
+given context length, 2 threads:
 
     python docs/bench/decoder_forms.py CHECKPOINT_DIR BATCH fused|onednn|mkl [CONTEXT_LEN]
 
@@ -8,12 +9,15 @@ CHECKPOINT_DIR: the bench's cached ~/.cache/bucketserve/bench/checkpoint-smollm2
 row sits at position CONTEXT_LEN - 1 (default 2048: the full context).
 """
 import sys
+import tempfile
 from pathlib import Path
 
 import torch
 
 import bucketserve.models.llama as llama
 from bucketserve.bench.timing import sorted_seconds
+from bucketserve.compiler.aoti import compile_graph, load_graph
+from bucketserve.compiler.graph_specs import decoder_name, graph_constants, graph_specs
 from bucketserve.config import build_compile_config
 from bucketserve.models.checkpoint import load_safetensors, read_hf_config
 from bucketserve.models.config import ModelConfig
@@ -33,7 +37,10 @@ compile_config = build_compile_config(dict(batch_size=8, max_seq_len=2048, decod
 model = build_model(model_config, compile_config, load_safetensors(checkpoint), torch.device("cpu"))
 cache = KVCache(model, compile_config, torch.device("cpu"))
 cache.tensor.normal_()
-graph = torch.compile(llama.DecoderGraph(model, fused_decode=True))
+spec = next(s for s in graph_specs(model, compile_config, cache.tensor) if s.name == decoder_name(batch))
+package = Path(tempfile.mkdtemp()) / "decoder.pt2"
+compile_graph(spec, package)
+graph = load_graph(package, graph_constants(spec.module))
 last = context_len - 1
 tables = torch.tensor([[1 + row] for row in range(batch)])  # one 2048-position block per row
 inputs = (torch.ones(batch, dtype=torch.long), torch.full((batch,), last), tables[:, 0] * 2048 + last, tables,

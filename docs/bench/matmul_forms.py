@@ -1,8 +1,9 @@
 """Every weight matrix of the bench model (30 layers' q, k, v, o, gate, up, down, then the lm_head),
-random, applied to B rows in a chain, timed four ways, 2 threads:
+random, applied to B rows in a chain, timed five ways, 2 threads:
 
     python docs/bench/matmul_forms.py mkl B     # F.linear, uncompiled (MKL's GEMV / small GEMM)
     python docs/bench/matmul_forms.py onednn B  # models.llama.dense_linear, uncompiled (oneDNN's GEMM)
+    python docs/bench/matmul_forms.py packed B  # oneDNN's GEMM on weights reordered into its blocked layout
     python docs/bench/matmul_forms.py fused B   # models.llama.rows_times_weight under torch.compile
     python docs/bench/matmul_forms.py inductor B  # F.linear under torch.compile (Inductor calls MKL too)
 
@@ -24,7 +25,10 @@ layers = [[torch.randn(n, k) * 0.02 for n, k in ((Q, HIDDEN), (KV, HIDDEN), (KV,
                                                    (INTERMEDIATE, HIDDEN), (INTERMEDIATE, HIDDEN), (HIDDEN, INTERMEDIATE))]
           for _ in range(LAYERS)]
 head = torch.randn(VOCAB, HIDDEN) * 0.02
-linear = {"fused": rows_times_weight, "onednn": dense_linear}.get(form, F.linear)
+if form == "packed":  # a second, blocked copy of every weight (not what bucketserve does: see PERFORMANCE.md)
+    layers = [[torch.ops.mkldnn._reorder_linear_weight(w, rows) for w in layer] for layer in layers]
+    head = torch.ops.mkldnn._reorder_linear_weight(head, rows)
+linear = {"fused": rows_times_weight, "onednn": dense_linear, "packed": dense_linear}.get(form, F.linear)
 
 
 def chain(x, layers, head):
@@ -36,9 +40,9 @@ def chain(x, layers, head):
     return linear(x, head)
 
 
-run = chain if form in ("mkl", "onednn") else torch.compile(chain)
+run = chain if form in ("mkl", "onednn", "packed") else torch.compile(chain)
 x = torch.randn(rows, HIDDEN)
 times = sorted_seconds(lambda: run(x, layers, head), repeats=15)
-weight_bytes = (sum(w.numel() for layer in layers for w in layer) + head.numel()) * 4
+weight_bytes = (sum(w.shape.numel() for layer in layers for w in layer) + head.shape.numel()) * 4
 print(f"{form} rows={rows}: median {times[7] * 1e3:.1f} ms (min {times[0] * 1e3:.1f}), weights read at "
       f"{weight_bytes / times[7] / 1e9:.1f} GB/s")
