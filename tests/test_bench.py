@@ -145,3 +145,13 @@ def test_missing_matplotlib_skips_plots(monkeypatch):
 
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now raises ImportError
     assert "matplotlib is not installed" in plots.matplotlib_missing()
+
+
+@pytest.mark.parametrize("argv0, recorded", [
+    ("/venv/bin/bucketserve", True), ("/repo/bucketserve/entrypoints/cli.py", True), ("pytest", False),
+])
+def test_the_command_line_is_recorded_when_run_through_the_cli(monkeypatch, argv0, recorded):
+    from bucketserve.bench.main import _command_line
+
+    monkeypatch.setattr(sys, "argv", [argv0, "bench", "--quick"])
+    assert _command_line() == ("bucketserve bench --quick" if recorded else None)

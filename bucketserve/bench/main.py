@@ -57,13 +57,20 @@ def run_bench(args) -> dict:
     return results
 
 
+def _command_line() -> str | None:
+    """The command that started this run, when it came through our CLI (console script or `python -m`)."""
+    if sys.argv and sys.argv[0].endswith(("bucketserve", "entrypoints/cli.py")):
+        return " ".join(["bucketserve"] + sys.argv[1:])
+    return None
+
+
 class Bench:
     """One run: loads each system in turn, runs its scenarios, and collects every figure in `results`."""
 
     def __init__(self, options: BenchOptions):
         self.options = options
         self.results: dict = {
-            "command": " ".join(["bucketserve"] + sys.argv[1:]) if sys.argv and sys.argv[0].endswith("bucketserve") else None,
+            "command": _command_line(),
             "options": options.to_dict(), "machine": roofline.machine_info(), "systems": {}, "step_latency": {},
             "groups": {}, "arrivals": {}, "greedy_agreement": {}, "profile": {}, "tensor_parallel": {}, "skipped": {},
             "plots": [],
