@@ -47,13 +47,18 @@ def test_a_hub_id_resolves_through_the_local_hf_cache_only(tiny_checkpoint, tmp_
     assert torch.equal(logits_of(model), logits_of(local))
 
 
-def test_every_compiled_graph_reads_the_one_set_of_weights(compiled_dir):
+def test_graphs_read_the_weights_loaded_once_and_decoders_one_reordered_copy(compiled_dir):
     model = AutoModelForCausalLM.from_pretrained(compiled_dir)
     assert sorted(p.name for p in compiled_dir.glob("*.safetensors")) == ["model.safetensors"]
     before_prefill = logits_of(model, range(5, 45))
     before_decode = {n: model.decode([9] * n, [40] * n, [[1]] * n) for n in (1, 3, 8)}
+    lm_head = model.runner.model.lm_head.weight
+    # The decoders multiply through the GEMM template's reordered copy of each weight: one for all of them.
+    reordered = [t for key, t in model.runner.packed_weights.items() if key[0] == lm_head.data_ptr()]
+    assert len(reordered) == 1
     with torch.no_grad():
-        model.runner.model.lm_head.weight.mul_(2.0)  # in place, on the tensor the runtime loaded once
+        lm_head.mul_(2.0)  # in place, on the tensor the runtime loaded once
+        reordered[0].mul_(2.0)
     assert torch.allclose(logits_of(model, range(5, 45)), 2 * before_prefill, rtol=1e-4, atol=1e-4)
     for n, logits in before_decode.items():  # decoders 1, 4 and 8 all see the change
         assert torch.allclose(model.decode([9] * n, [40] * n, [[1]] * n), 2 * logits, rtol=1e-4, atol=1e-4)

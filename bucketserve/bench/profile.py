@@ -6,7 +6,7 @@ sampling, and the engine's Python bookkeeping.
   CONTEXT_GRANULE positions is the step's cost without the context: weights (matmuls), norms, rotary,
   sampling-free logits. Full minus that is what reading and attending over the rest of the context costs.
 - For comparison, every weight matrix applied to `batch` rows, uncompiled, by models.llama.dense_linear:
-  the GEMM that compiled decoders of more than FUSED_MAX_ROWS rows call (oneDNN's on the CPU).
+  the GEMM the prefill and the eager engine call (oneDNN's on the CPU).
 - The eager model at the same shapes under torch.profiler splits the attention into its ops.
 - An engine run of the group of 8 times every step, its decode call and its sampler call.
 """

@@ -1,22 +1,35 @@
 """Ahead-of-time compilation of one graph with torch.export + AOTInductor, weights left out of the package."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
 
-from .graph_specs import GraphSpec
+from .graph_specs import GraphSpec, graph_constants
+from .packed_weights import build_packed, describe_packed, recording_constants
 
 # Weights stay out of each .so: every graph borrows the one set of tensors the runtime loads.
 INDUCTOR_CONFIGS = {"aot_inductor.package_constants_in_so": False}
 
 
+def packed_path(package_path: Path) -> Path:
+    """Beside a package: which of its constants are weights reordered for the GEMM template (packed_weights)."""
+    return package_path.with_suffix(".packed.json")
+
+
 def compile_graph(spec: GraphSpec, package_path: Path) -> None:
-    with torch.no_grad():
+    weights = graph_constants(spec.module)
+    with torch.no_grad(), recording_constants() as recorded:
         exported = torch.export.export(spec.module, spec.example_inputs, dynamic_shapes=spec.dynamic_shapes)
         torch._inductor.aoti_compile_and_package(
-            exported, package_path=str(package_path), inductor_configs=INDUCTOR_CONFIGS
+            exported, package_path=str(package_path), inductor_configs={**INDUCTOR_CONFIGS, **spec.inductor_configs}
         )
+    # Constants the package wants that are none of the module's own: Inductor made them from the weights.
+    made = [name for name in torch._inductor.aoti_load_package(str(package_path)).get_constant_fqns() if name not in weights]
+    if made:
+        described = describe_packed({name: recorded[name] for name in made}, weights)
+        packed_path(package_path).write_text(json.dumps(described, indent=1))
 
 
 class LoadedGraph:
@@ -32,9 +45,15 @@ class LoadedGraph:
         return outputs if isinstance(outputs, torch.Tensor) else tuple(outputs)
 
 
-def load_graph(package_path: Path, constants: dict[str, torch.Tensor]) -> LoadedGraph:
-    """Load a compiled graph and point it at shared weight tensors (no copy: user_managed)."""
+def load_graph(
+    package_path: Path, constants: dict[str, torch.Tensor], packed: dict[tuple, torch.Tensor] | None = None
+) -> LoadedGraph:
+    """Load a compiled graph and point it at shared weight tensors (no copy: user_managed). `packed` holds the
+    weights already reordered for earlier graphs of the same model; pass one dict to all of them to share."""
     runner = torch._inductor.aoti_load_package(str(package_path))
+    if packed_path(package_path).is_file():
+        described = json.loads(packed_path(package_path).read_text())
+        constants = {**constants, **build_packed(described, constants, {} if packed is None else packed)}
     wanted = runner.get_constant_fqns()
     missing = [name for name in wanted if name not in constants]
     if missing:

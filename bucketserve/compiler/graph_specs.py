@@ -4,13 +4,14 @@ The runtime builds its inputs with the same dtypes and shapes; this file is the 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
 from ..config import CompileConfig
 from ..models.llama import DecoderGraph, LlamaForCausalLM, PrefillGraph
+from .packed_weights import GEMM_TEMPLATE_CONFIGS, uses_gemm_template
 
 PREFILL = "prefill"
 # A prefill chunk runs its real tokens rounded up to a multiple of this many (whole vectors, few shapes).
@@ -44,6 +45,7 @@ class GraphSpec:
     module: nn.Module
     example_inputs: tuple
     dynamic_shapes: tuple | None = None  # torch.export's, one entry per input; None: every shape fixed
+    inductor_configs: dict = field(default_factory=dict)  # on top of aoti.INDUCTOR_CONFIGS
 
 
 def graph_specs(model: LlamaForCausalLM, compile_config: CompileConfig, kv_cache: torch.Tensor) -> list[GraphSpec]:
@@ -64,11 +66,13 @@ def graph_specs(model: LlamaForCausalLM, compile_config: CompileConfig, kv_cache
     prefill_inputs = (ids(1, chunk), ids(1, chunk), ids(1, chunk), ids(1, blocks), context_positions, ids(1), kv_cache)
     prefill_dynamic = (token_dims, token_dims, token_dims, None, {0: context_len}, None, None)
     specs = [GraphSpec(PREFILL, PrefillGraph(model), prefill_inputs, prefill_dynamic)]
-    # A decoder's other inputs have their shapes fixed by its batch size.
+    # A decoder's other inputs have their shapes fixed by its batch size. Its projections are GEMMs of a few
+    # rows, which on the CPU Inductor's C++ GEMM template runs fastest (packed_weights).
+    template = GEMM_TEMPLATE_CONFIGS if uses_gemm_template(device, model.lm_head.weight.dtype) else {}
     for b in compile_config.decoder_batch_sizes:
         inputs = (ids(b), ids(b), ids(b), ids(b, blocks), context_positions, kv_cache)
         dynamic = (None, None, None, None, {0: context_len}, None)
-        specs.append(GraphSpec(decoder_name(b), DecoderGraph(model, fused_decode=True), inputs, dynamic))
+        specs.append(GraphSpec(decoder_name(b), DecoderGraph(model, fused_decode=True), inputs, dynamic, template))
     return specs
 
 

@@ -14,7 +14,8 @@ import torch
 MANIFEST = "bucketserve_manifest.json"
 # 2: decoder graphs take context_positions, of any length up to max_seq_len
 # 3: so does the prefill graph, and its chunk length is free
-FORMAT_VERSION = 3
+# 4: CPU fp32 decoders multiply through weights reordered at load time (graphs/*.packed.json)
+FORMAT_VERSION = 4
 
 
 class CompiledModelError(RuntimeError):

@@ -19,26 +19,6 @@ from torch import nn
 from .config import ModelConfig
 
 
-# A compiled decode step of up to this many rows multiplies through rows_times_weight, of more through
-# dense_linear. Measured on our 2-core machine with the whole decoder graph (docs/bench/decoder_forms.py):
-# fused was faster at 1 and 4 rows, oneDNN at 8 (docs/PERFORMANCE.md); 5 to 7 rows were not measured.
-FUSED_MAX_ROWS = 4
-
-
-def rows_times_weight(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """x [..., in] @ weight.T written as one multiply-and-sum over the weight per row of x.
-
-    For the compiler only: Inductor fuses the rows' reductions into one loop that reads each weight row
-    once for every row of x. On our 2-core machine this loop read the fp32 weights at 24 GB/s for 1 row and
-    14 GB/s for 4, where MKL's GEMV/GEMM read them at 11 and 8 (docs/bench/matmul_forms.py); at 8 rows the
-    loop is bound by its loads of the rows and a GEMM is faster. Run eagerly it would materialise an
-    [out, in] product per row.
-    """
-    rows = x.reshape(-1, x.shape[-1]).float()
-    out = torch.stack([(weight.float() * row).sum(-1) for row in rows.unbind(0)])
-    return out.view(*x.shape[:-1], weight.shape[0]).to(x.dtype)
-
-
 def dense_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """x @ weight.T as a GEMM: oneDNN's for fp32 on the CPU, F.linear (MKL, cuBLAS) otherwise.
 
@@ -52,10 +32,9 @@ def dense_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 
 
 def project(x: torch.Tensor, weight: torch.Tensor, fused_decode: bool) -> torch.Tensor:
-    """x @ weight.T in the faster form: rows_times_weight in a compiled decode step of few rows, else dense_linear."""
-    if fused_decode and x.numel() // x.shape[-1] <= FUSED_MAX_ROWS:
-        return rows_times_weight(x, weight)
-    return dense_linear(x, weight)
+    """x @ weight.T: F.linear in a compiled decode step, whose GEMM the compiler picks (on the CPU, Inductor's
+    C++ GEMM template over a reordered copy of the weight: compiler/packed_weights.py), else dense_linear."""
+    return F.linear(x, weight) if fused_decode else dense_linear(x, weight)
 
 
 class Linear(nn.Linear):
@@ -286,10 +265,10 @@ class DecoderGraph(nn.Module):
     context_positions is an input whose length the compiled graph leaves free (see graph_specs), so a step
     reads only as many context positions as its longest row needs instead of all max_seq_len.
 
-    fused_decode=True (the graphs AOTInductor compiles) writes the attention as multiply-and-sum reductions
-    and, up to FUSED_MAX_ROWS rows, the projections as per-row reductions: forms that Inductor fuses into
-    kernels reading each context position and each weight once. Run eagerly they would materialise large
-    products, so the eager engine keeps F.linear and SDPA. Both compute the same function.
+    fused_decode=True (the graphs AOTInductor compiles) writes the attention as multiply-and-sum reductions,
+    which Inductor fuses into loops reading each context position once, and leaves the projections' GEMMs to
+    the compiler. Run eagerly those reductions would materialise large products, so the eager engine keeps
+    SDPA and dense_linear. Both compute the same function.
     """
 
     def __init__(self, model: LlamaForCausalLM, fused_decode: bool = False):

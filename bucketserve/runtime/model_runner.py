@@ -32,14 +32,16 @@ class ModelRunner:
         self.kv_cache = KVCache(model, compile_config, device)
         self.decoder_batch_sizes = sorted(compile_config.decoder_batch_sizes)  # ascending, for bisect
         prefill, decoder = PrefillGraph(model), DecoderGraph(model)  # eager: F.linear and SDPA (see DecoderGraph)
+        # One reordered copy of each weight for all the decoders that multiply through it (packed_weights).
+        self.packed_weights: dict[tuple, torch.Tensor] = {}
         if compile_config.compiler == "eager":
             self.prefill_graph = prefill
             self.decoders = {b: decoder for b in self.decoder_batch_sizes}
         else:
             graphs = directory / GRAPHS_DIR
-            self.prefill_graph = aoti.load_graph(graphs / f"{PREFILL}.pt2", graph_constants(prefill))
+            self.prefill_graph = aoti.load_graph(graphs / f"{PREFILL}.pt2", graph_constants(prefill), self.packed_weights)
             self.decoders = {
-                b: aoti.load_graph(graphs / f"{decoder_name(b)}.pt2", graph_constants(decoder))
+                b: aoti.load_graph(graphs / f"{decoder_name(b)}.pt2", graph_constants(decoder), self.packed_weights)
                 for b in self.decoder_batch_sizes
             }
         # Counted since load: which decoder each step ran on, and how many rows were padding.

@@ -1,9 +1,9 @@
 """One decoder graph of the bench model, compiled as bucketserve compiles it (torch.export + AOTInductor),
-with its projections fused per row (as compiled decoders of up to models.llama.FUSED_MAX_ROWS rows are),
-through models.llama.dense_linear (oneDNN, as larger decoders are) or through F.linear (MKL), timed at a
-given context length, 2 threads:
+with its projections through Inductor's C++ GEMM template (template: what bucketserve does on the CPU),
+through models.llama.dense_linear (onednn: oneDNN, as the prefill does) or through Inductor's default for
+F.linear (mkl: an MKL call), timed at a given context length, 2 threads:
 
-    python docs/bench/decoder_forms.py CHECKPOINT_DIR BATCH fused|onednn|mkl [CONTEXT_LEN]
+    python docs/bench/decoder_forms.py CHECKPOINT_DIR BATCH template|onednn|mkl [CONTEXT_LEN]
 
 CHECKPOINT_DIR: the bench's cached ~/.cache/bucketserve/bench/checkpoint-smollm2-135m-* directory. Every
 row sits at position CONTEXT_LEN - 1 (default 2048: the full context).
@@ -27,20 +27,19 @@ from bucketserve.runtime.weights import build_model
 torch.set_num_threads(2)
 checkpoint, batch, form = Path(sys.argv[1]).expanduser(), int(sys.argv[2]), sys.argv[3]
 context_len = int(sys.argv[4]) if len(sys.argv) > 4 else 2048
-# Every projection through rows_times_weight (fused), dense_linear (onednn) or F.linear (mkl), whatever
-# models.llama's FUSED_MAX_ROWS would pick for this batch size.
-llama.FUSED_MAX_ROWS = batch if form == "fused" else 0
-if form == "mkl":
-    llama.dense_linear = torch.nn.functional.linear
+if form == "onednn":  # the projections as the prefill and the eager engine multiply
+    llama.project = lambda x, weight, fused_decode: llama.dense_linear(x, weight)
 model_config = ModelConfig.from_hf_dict(read_hf_config(checkpoint))
 compile_config = build_compile_config(dict(batch_size=8, max_seq_len=2048, decoder_batch_sizes=[batch, 8]), model_config)
 model = build_model(model_config, compile_config, load_safetensors(checkpoint), torch.device("cpu"))
 cache = KVCache(model, compile_config, torch.device("cpu"))
 cache.tensor.normal_()
 spec = next(s for s in graph_specs(model, compile_config, cache.tensor) if s.name == decoder_name(batch))
+if form != "template":
+    spec.inductor_configs = {}
 package = Path(tempfile.mkdtemp()) / "decoder.pt2"
 compile_graph(spec, package)
-graph = load_graph(package, graph_constants(spec.module))
+graph = load_graph(package, graph_constants(spec.module))  # reorders the weights the template needs
 last = context_len - 1
 tables = torch.tensor([[1 + row] for row in range(batch)])  # one 2048-position block per row
 inputs = (torch.ones(batch, dtype=torch.long), torch.full((batch,), last), tables[:, 0] * 2048 + last, tables,

@@ -1,0 +1,101 @@
+"""Weights that Inductor's CPU GEMM template repacks, recorded at compile time and rebuilt once at load time.
+
+Compiled decoders on the CPU (fp32) multiply through Inductor's C++ GEMM template: a register-blocked
+micro-kernel over the weight reordered into blocks of `block_n` output rows, [ceil(n / block_n), k, block_n]
+(zero-padded), which streams each weight once for every row of the batch. On our 2-core machine it read
+the weights at about 31 GB/s for 1 to 4 rows, where the per-row reduction loop read them at 15 for 4
+(docs/PERFORMANCE.md).
+
+Inductor makes each reordered weight a new constant of the graph, named by Inductor ("constant12"). We
+keep weights out of the packages (aoti.INDUCTOR_CONFIGS), so compile_graph records which weight and
+block_n each such constant is (by content, checked exactly) and load_graph rebuilds it from the loaded
+weights, once for every graph that asks for the same one.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator
+
+import torch
+
+# What a decoder graph adds to aoti.INDUCTOR_CONFIGS to multiply through the C++ GEMM template and nothing else.
+GEMM_TEMPLATE_CONFIGS = {"max_autotune_gemm": True, "max_autotune_gemm_backends": "CPP"}
+
+
+class PackedWeightError(RuntimeError):
+    """A constant Inductor added to a graph that is no weight in the blocked layout we know how to rebuild."""
+
+
+def uses_gemm_template(device: torch.device, dtype: torch.dtype) -> bool:
+    """fp32 on the CPU: there the template keeps the plain blocked layout (other dtypes pack pairs for VNNI)."""
+    return device.type == "cpu" and dtype == torch.float32
+
+
+def block_rows(weight: torch.Tensor, block_n: int) -> torch.Tensor:
+    """weight [n, k] as the template reads it: [ceil(n / block_n), k, block_n], rows past n zero."""
+    n, k = weight.shape
+    blocks = -(-n // block_n)
+    padded = torch.nn.functional.pad(weight, (0, 0, 0, blocks * block_n - n))
+    return padded.view(blocks, block_n, k).transpose(1, 2).contiguous()
+
+
+@contextlib.contextmanager
+def recording_constants() -> Iterator[dict[str, torch.Tensor]]:
+    """Every constant Inductor registers while the block runs, by name (the name the package lists)."""
+    from torch._inductor.graph import GraphLowering
+
+    recorded: dict[str, torch.Tensor] = {}
+    original = GraphLowering.add_tensor_constant
+
+    def add_tensor_constant(self, data, name=None):
+        node = original(self, data, name)
+        recorded[node.get_name()] = data
+        return node
+
+    GraphLowering.add_tensor_constant = add_tensor_constant
+    try:
+        yield recorded
+    finally:
+        GraphLowering.add_tensor_constant = original
+
+
+def describe_packed(packed: dict[str, torch.Tensor], weights: dict[str, torch.Tensor]) -> dict[str, dict]:
+    """For each packed constant, the weight it was built from and its block_n: {name: {"source", "block_n"}}."""
+    described = {}
+    for name, tensor in packed.items():
+        source = _source_of(tensor, weights) if tensor.dim() == 3 else None
+        if source is None:
+            raise PackedWeightError(
+                f"the compiled graph holds a constant {name} of shape {tuple(tensor.shape)} that is no weight "
+                f"reordered for the GEMM template; bucketserve cannot rebuild it at load time"
+            )
+        described[name] = {"source": source, "block_n": tensor.shape[2]}
+    return described
+
+
+def _source_of(tensor: torch.Tensor, weights: dict[str, torch.Tensor]) -> str | None:
+    blocks, k, block_n = tensor.shape
+    for fqn, weight in weights.items():
+        if weight.dim() != 2 or weight.shape[1] != k or weight.dtype != tensor.dtype:
+            continue
+        if not (blocks - 1) * block_n < weight.shape[0] <= blocks * block_n:
+            continue
+        # The first weight row is the first column of the first block: a cheap test before the exact one.
+        if torch.equal(tensor[0, :, 0], weight[0]) and torch.equal(block_rows(weight, block_n), tensor):
+            return fqn
+    return None
+
+
+def build_packed(
+    described: dict[str, dict], weights: dict[str, torch.Tensor], built: dict[tuple, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """The packed constants of one graph from its weights; `built` is shared by the graphs of one model, so
+    a weight reordered for one decoder is the same tensor for the next."""
+    packed = {}
+    for name, entry in described.items():
+        weight = weights[entry["source"]]
+        key = (weight.data_ptr(), tuple(weight.shape), entry["block_n"])
+        if key not in built:
+            built[key] = block_rows(weight, entry["block_n"])
+        packed[name] = built[key]
+    return packed
