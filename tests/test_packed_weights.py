@@ -41,6 +41,8 @@ def test_describe_refuses_a_constant_it_cannot_rebuild():
     almost[1, 3, 2] += 1  # same first row, one value off
     with pytest.raises(PackedWeightError, match="constant7"):
         describe_packed({"constant7": almost}, weights)
+    with pytest.raises(PackedWeightError, match="constant8 .unseen"):
+        describe_packed({"constant8": None}, weights)
 
 
 def test_build_reorders_each_weight_once_for_all_graphs():

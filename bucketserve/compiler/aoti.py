@@ -28,7 +28,7 @@ def compile_graph(spec: GraphSpec, package_path: Path) -> None:
     # Constants the package wants that are none of the module's own: Inductor made them from the weights.
     made = [name for name in torch._inductor.aoti_load_package(str(package_path)).get_constant_fqns() if name not in weights]
     if made:
-        described = describe_packed({name: recorded[name] for name in made}, weights)
+        described = describe_packed({name: recorded.get(name) for name in made}, weights)
         packed_path(package_path).write_text(json.dumps(described, indent=1))
 
 
