@@ -17,10 +17,9 @@ before = process.memory_info().rss
 model = AutoModelForCausalLM.from_pretrained(sys.argv[1])
 after = process.memory_info().rss
 runner = model.runner
-packed = getattr(runner, "packed_weights", {}).values()  # the GEMM template's reordered copies, if any
 print(json.dumps({"rss_before_load_bytes": before, "rss_after_load_bytes": after,
                   "weight_bytes": runner.weight_bytes, "kv_cache_bytes": runner.kv_cache.nbytes,
-                  "packed_weight_bytes": sum(t.numel() * t.element_size() for t in packed)}))
+                  "packed_weight_bytes": runner.packed_weight_bytes}))
 """
 
 

@@ -31,7 +31,7 @@ class ModelRunner:
         self.model = model
         self.kv_cache = KVCache(model, compile_config, device)
         self.decoder_batch_sizes = sorted(compile_config.decoder_batch_sizes)  # ascending, for bisect
-        prefill, decoder = PrefillGraph(model), DecoderGraph(model)  # eager: F.linear and SDPA (see DecoderGraph)
+        prefill, decoder = PrefillGraph(model), DecoderGraph(model)  # eager: dense_linear and SDPA (see DecoderGraph)
         # One reordered copy of each weight for all the decoders that multiply through it (packed_weights).
         self.packed_weights: dict[tuple, torch.Tensor] = {}
         if compile_config.compiler == "eager":
@@ -51,6 +51,11 @@ class ModelRunner:
     @property
     def weight_bytes(self) -> int:
         return sum(p.numel() * p.element_size() for p in self.model.parameters())
+
+    @property
+    def packed_weight_bytes(self) -> int:
+        """The reordered copies the decoders' GEMM template reads, on top of weight_bytes."""
+        return sum(t.numel() * t.element_size() for t in self.packed_weights.values())
 
     def decoder_batch_size_for(self, num_seqs: int) -> int:
         """The smallest compiled decoder batch size >= num_seqs."""

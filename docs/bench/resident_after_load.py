@@ -11,7 +11,7 @@ import torch
 
 from bucketserve import AutoModelForCausalLM
 
-MB = 1 << 20
+MiB = 1 << 20
 
 
 def resident() -> dict[str, int]:
@@ -24,9 +24,8 @@ torch.set_num_threads(2)
 before = resident()
 runner = AutoModelForCausalLM.from_pretrained(sys.argv[1]).runner
 after = resident()
-print("MB resident    before load  after load  growth")
+print("MiB resident   before load  after load  growth")
 for key in ("rss", "anonymous", "file"):
-    print(f"{key:<12} {before[key] / MB:>12.0f} {after[key] / MB:>11.0f} {(after[key] - before[key]) / MB:>7.0f}")
-packed = sum(t.numel() * t.element_size() for t in runner.packed_weights.values())
-print(f"weights {runner.weight_bytes / MB:.0f} MB, reordered for the GEMM template {packed / MB:.0f} MB, "
-      f"KV cache {runner.kv_cache.nbytes / MB:.0f} MB")
+    print(f"{key:<12} {before[key] / MiB:>12.0f} {after[key] / MiB:>11.0f} {(after[key] - before[key]) / MiB:>7.0f}")
+print(f"weights {runner.weight_bytes / MiB:.0f} MiB, reordered for the GEMM template {runner.packed_weight_bytes / MiB:.0f} MiB, "
+      f"KV cache {runner.kv_cache.nbytes / MiB:.0f} MiB")
