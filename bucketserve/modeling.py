@@ -19,7 +19,7 @@ from .compiler.build import build_compiled_directory
 from .compiler.manifest import read_manifest, verify_manifest
 from .compiler.tensor_parallel import compile_tensor_parallel
 from .config import CompileConfig, build_compile_config, normalize_decoder_batch_sizes, split_rbln_aliases
-from .models.checkpoint import load_safetensors, read_hf_config, resolve_model_dir
+from .models.checkpoint import map_safetensors, read_hf_config, resolve_model_dir
 from .models.config import SUPPORTED_MODEL_TYPES, ModelConfig
 from .runtime.kv_cache import KVCache
 from .runtime.model_runner import ModelRunner, PrefillOutput
@@ -70,9 +70,11 @@ class BucketModelForCausalLM:
         try:
             if compile_config.tensor_parallel_size == 1:
                 device = torch.device(compile_config.device)
-                model = build_model(model_config, compile_config, load_safetensors(source_dir), device)
+                weights = map_safetensors(source_dir)
+                model = build_model(model_config, compile_config, weights.tensors, device)
                 build_compiled_directory(source_dir, out_dir, model, compile_config)
                 runner = ModelRunner(out_dir, model, compile_config, device)  # reuses the weights just built
+                weights.release_pages()  # see load_rank_runner
             else:
                 compile_tensor_parallel(source_dir, out_dir, compile_config, model_config)
                 runner = TensorParallelRunner(out_dir, compile_config, model_config)

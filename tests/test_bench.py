@@ -39,7 +39,7 @@ def test_compiled_systems_report_compile_load_and_memory(quick_run):
         system = results["systems"][name]
         assert set(system["compile_seconds"]) == {"prefill"} | {f"decoder_batch_{b}" for b in system["decoder_batch_sizes"]}
         assert system["load_seconds"] > 0 and system["weight_bytes"] > 0 and system["kv_cache_bytes"] > 0
-        assert {"rss_after_load_bytes", "needed_bytes", "ratio"} <= system["memory"].keys()
+        assert {"rss_after_load_bytes", "rss_after_steps_bytes", "needed_bytes", "ratio", "ratio_after_load"} <= system["memory"].keys()
 
 
 def test_step_latency_has_a_floor_per_decoder(quick_run):

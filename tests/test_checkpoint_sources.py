@@ -1,13 +1,17 @@
-"""Where weights come from and where they live: sharded safetensors, the local HF cache, one shared copy."""
+"""Where weights come from and where they live: sharded safetensors, the local HF cache, our mappings of
+the files, one reordered copy that the compiled graphs read."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
+import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
 from bucketserve import AutoModelForCausalLM
+from bucketserve.models.checkpoint import MappedWeights
 
 EAGER = dict(compiler="eager", batch_size=2, max_seq_len=64)
 
@@ -47,18 +51,74 @@ def test_a_hub_id_resolves_through_the_local_hf_cache_only(tiny_checkpoint, tmp_
     assert torch.equal(logits_of(model), logits_of(local))
 
 
-def test_graphs_read_the_weights_loaded_once_and_decoders_one_reordered_copy(compiled_dir):
+def test_compiled_graphs_read_one_reordered_copy_of_each_projection_weight_and_not_the_plain_one(compiled_dir):
     model = AutoModelForCausalLM.from_pretrained(compiled_dir)
     assert sorted(p.name for p in compiled_dir.glob("*.safetensors")) == ["model.safetensors"]
     before_prefill = logits_of(model, range(5, 45))
     before_decode = {n: model.decode([9] * n, [40] * n, [[1]] * n) for n in (1, 3, 8)}
     lm_head = model.runner.model.lm_head.weight
-    # The decoders multiply through the GEMM template's reordered copy of each weight: one for all of them.
+    # The prefill and the decoders multiply through one reordered copy of each weight (packed_weights).
     reordered = [t for key, t in model.runner.packed_weights.items() if key[0] == lm_head.data_ptr()]
     assert len(reordered) == 1
     with torch.no_grad():
-        lm_head.mul_(2.0)  # in place, on the tensor the runtime loaded once
+        lm_head.mul_(2.0)  # the plain weight, in place: no compiled graph reads it after loading
+    assert torch.equal(logits_of(model, range(5, 45)), before_prefill)
+    with torch.no_grad():
         reordered[0].mul_(2.0)
     assert torch.allclose(logits_of(model, range(5, 45)), 2 * before_prefill, rtol=1e-4, atol=1e-4)
     for n, logits in before_decode.items():  # decoders 1, 4 and 8 all see the change
         assert torch.allclose(model.decode([9] * n, [40] * n, [[1]] * n), 2 * logits, rtol=1e-4, atol=1e-4)
+
+
+SAMPLE_TENSORS = {
+    "f32": torch.randn(3, 5), "bf16": torch.randn(7).to(torch.bfloat16), "f16": torch.randn(2, 3).half(),
+    "i8": torch.tensor([1, -2, 3], dtype=torch.int8), "i64": torch.arange(5), "empty": torch.empty(0, 4),
+}
+
+
+def test_mapped_weights_read_what_safetensors_reads_before_and_after_releasing_pages(tmp_path):
+    save_file(SAMPLE_TENSORS, tmp_path / "w.safetensors")
+    weights = MappedWeights([tmp_path / "w.safetensors"])
+    reference = load_file(tmp_path / "w.safetensors")
+    assert weights.tensors.keys() == reference.keys()
+    for name, tensor in reference.items():
+        assert weights.tensors[name].dtype == tensor.dtype and torch.equal(weights.tensors[name], tensor), name
+    weights.release_pages()
+    for name, tensor in reference.items():
+        assert torch.equal(weights.tensors[name], tensor), name
+
+
+def _resident_kib(path) -> int:
+    """Rss of this process's mappings of `path`, from /proc/self/smaps."""
+    total, inside = 0, False
+    for line in open("/proc/self/smaps"):
+        fields = line.split()
+        if "-" in fields[0] and len(fields) >= 5:  # a mapping's header line
+            inside = line.rstrip().endswith(str(path))
+        elif inside and fields[0] == "Rss:":
+            total += int(fields[1])
+    return total
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/smaps"), reason="reads Linux's /proc/self/smaps")
+def test_release_pages_hands_back_what_reading_the_weights_made_resident(tmp_path):
+    path = tmp_path / "big.safetensors"
+    save_file({"w": torch.randn(1024, 1024)}, path)  # 4 MiB
+    weights = MappedWeights([path])
+    assert weights.tensors["w"].sum().item() == load_file(path)["w"].sum().item()
+    assert _resident_kib(path) >= 4096
+    weights.release_pages()
+    assert _resident_kib(path) == 0
+    weights.tensors["w"].sum()  # read again: back from the file
+    assert _resident_kib(path) >= 4096
+
+
+def test_a_damaged_safetensors_file_is_refused_with_its_name(tmp_path):
+    path = tmp_path / "model.safetensors"
+    save_file({"w": torch.randn(64, 64)}, path)
+    path.write_bytes(path.read_bytes()[:-100])  # truncated: the tensor's bytes run past the end
+    with pytest.raises(ValueError, match="model.safetensors: tensor w .* does not fit the file"):
+        MappedWeights([path])
+    path.write_bytes(b"\xff" * 16)
+    with pytest.raises(ValueError, match="is not a safetensors file"):
+        MappedWeights([path])

@@ -13,7 +13,7 @@ from bucketserve.compiler import aoti
 from bucketserve.compiler.graph_specs import GraphSpec
 from bucketserve.compiler.layout import GRAPHS_DIR
 from bucketserve.compiler.packed_weights import (
-    GEMM_TEMPLATE_CONFIGS, PackedWeightError, block_rows, build_packed, describe_packed,
+    GEMM_TEMPLATE_CONFIGS, PackedWeightError, block_rows, block_sizes_by_shape, build_packed, describe_packed,
 )
 
 
@@ -78,6 +78,27 @@ def test_a_graph_compiled_through_the_template_loads_with_weights_reordered_at_l
     graph = aoti.load_graph(package, dict(module.named_parameters()))
     with torch.no_grad():
         torch.testing.assert_close(graph(x), module(x), rtol=1e-5, atol=1e-5)
+
+
+def test_block_sizes_by_shape_gives_each_weight_shape_one_block_size():
+    weights = {"a": torch.zeros(96, 64), "b": torch.zeros(96, 64), "c": torch.zeros(40, 96)}
+    graphs = [{"constant1": {"source": "a", "block_n": 16}, "constant2": {"source": "c", "block_n": 16}},
+              {"constant1": {"source": "b", "block_n": 32}}]
+    # Where graphs chose differently for a shape, the larger block: it is one of the copies already made.
+    assert block_sizes_by_shape(graphs, weights) == {(96, 64): 32, (40, 96): 16}
+
+
+def test_the_compiled_prefill_reads_every_projection_weight_in_the_decoders_layout(compiled_dir):
+    graphs = compiled_dir / GRAPHS_DIR
+    package = torch._inductor.aoti_load_package(str(graphs / "prefill.pt2"))
+    plain = [name for name in package.get_constant_fqns() if name.endswith("_proj.weight") or "lm_head" in name]
+    assert plain == []  # no plain projection weight is a constant of the prefill: it reads the blocked copies
+    prefill = {(e["source"], e["block_n"]) for e in aoti.read_packed(graphs / "prefill.pt2").values()}
+    decoders = {(e["source"], e["block_n"]) for path in graphs.glob("decoder_batch_*.pt2")
+                for e in aoti.read_packed(path).values()}
+    layers = json.loads((compiled_dir / "config.json").read_text())["num_hidden_layers"]
+    assert len(prefill) == 7 * layers + 1  # q, k, v, o, gate, up, down of every layer, and the lm_head
+    assert prefill <= decoders  # each one a copy the decoders read too
 
 
 def test_decoders_of_a_compiled_model_share_one_reordered_copy_of_each_weight(compiled_dir):

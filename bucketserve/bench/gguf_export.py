@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..models.checkpoint import load_safetensors, read_hf_config
+from ..models.checkpoint import map_safetensors, read_hf_config
 
 LAYER_NAMES = {
     "input_layernorm.weight": "attn_norm.weight",
@@ -90,7 +90,7 @@ def write_gguf(checkpoint: Path, path: Path) -> Path:
     if config.get("pad_token_id") is not None:
         writer.add_pad_token_id(config["pad_token_id"])
     writer.add_add_bos_token(False)
-    for name, tensor in load_safetensors(checkpoint).items():
+    for name, tensor in map_safetensors(checkpoint).tensors.items():
         target = gguf_tensor_name(name)
         if target is None:
             continue

@@ -18,6 +18,12 @@ def packed_path(package_path: Path) -> Path:
     return package_path.with_suffix(".packed.json")
 
 
+def read_packed(package_path: Path) -> dict[str, dict]:
+    """The sidecar compile_graph wrote beside a package ({} when it reorders no weight)."""
+    sidecar = packed_path(package_path)
+    return json.loads(sidecar.read_text()) if sidecar.is_file() else {}
+
+
 def compile_graph(spec: GraphSpec, package_path: Path) -> None:
     weights = graph_constants(spec.module)
     with torch.no_grad(), recording_constants() as recorded:
@@ -51,8 +57,8 @@ def load_graph(
     """Load a compiled graph and point it at shared weight tensors (no copy: user_managed). `packed` holds the
     weights already reordered for earlier graphs of the same model; pass one dict to all of them to share."""
     runner = torch._inductor.aoti_load_package(str(package_path))
-    if packed_path(package_path).is_file():
-        described = json.loads(packed_path(package_path).read_text())
+    described = read_packed(package_path)
+    if described:
         constants = {**constants, **build_packed(described, constants, {} if packed is None else packed)}
     wanted = runner.get_constant_fqns()
     missing = [name for name in wanted if name not in constants]

@@ -16,7 +16,8 @@ from ..models.llama import LlamaForCausalLM
 from ..runtime.kv_cache import KVCache
 from ..runtime.weights import weights_to_save
 from . import aoti
-from .graph_specs import graph_specs
+from .packed_weights import block_sizes_by_shape
+from .graph_specs import GraphSpec, decoder_specs, graph_constants, prefill_spec
 from .layout import GRAPHS_DIR, rank_dir
 from .manifest import write_manifest
 
@@ -66,15 +67,24 @@ def write_rank_files(
     (target / GRAPHS_DIR).mkdir(exist_ok=True)
     # A cache to trace against; graphs take the runtime's own cache as an input later.
     kv_cache = KVCache(model, compile_config, model.lm_head.weight.device).tensor
-    specs = graph_specs(model, compile_config, kv_cache)
+    decoders = decoder_specs(model, compile_config, kv_cache)
     prefix = "" if world_size == 1 else f"rank{rank}/"
-    with tqdm(specs, desc="compiling graphs", unit="graph", disable=rank != 0) as bar:
-        for spec in bar:
+    with tqdm(total=len(decoders) + 1, desc="compiling graphs", unit="graph", disable=rank != 0) as bar:
+
+        def compile_one(spec: GraphSpec) -> Path:
             bar.set_postfix_str(spec.name)
+            package = target / GRAPHS_DIR / f"{spec.name}.pt2"
             started = time.perf_counter()
-            aoti.compile_graph(spec, target / GRAPHS_DIR / f"{spec.name}.pt2")
+            aoti.compile_graph(spec, package)
             compile_seconds[prefix + spec.name] = round(time.perf_counter() - started, 2)
             logger.info("compiled %s%s in %.1f s", prefix, spec.name, compile_seconds[prefix + spec.name])
+            bar.update()
+            return package
+
+        # Decoders first: the prefill reads each weight in the blocked layout the decoders' template chose.
+        described = [aoti.read_packed(compile_one(spec)) for spec in decoders]
+        block_sizes = block_sizes_by_shape(described, graph_constants(decoders[0].module))
+        compile_one(prefill_spec(model, compile_config, kv_cache, block_sizes))
     return compile_seconds
 
 

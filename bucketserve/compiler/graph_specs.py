@@ -11,7 +11,8 @@ from torch import nn
 
 from ..config import CompileConfig
 from ..models.llama import DecoderGraph, LlamaForCausalLM, PrefillGraph
-from .packed_weights import GEMM_TEMPLATE_CONFIGS, uses_gemm_template
+from ..models.projections import COMPILED_DECODE, GraphForm
+from .packed_weights import FOLD_CONFIGS, GEMM_TEMPLATE_CONFIGS, uses_gemm_template
 
 PREFILL = "prefill"
 # A prefill chunk runs its real tokens rounded up to a multiple of this many (whole vectors, few shapes).
@@ -48,10 +49,9 @@ class GraphSpec:
     inductor_configs: dict = field(default_factory=dict)  # on top of aoti.INDUCTOR_CONFIGS
 
 
-def graph_specs(model: LlamaForCausalLM, compile_config: CompileConfig, kv_cache: torch.Tensor) -> list[GraphSpec]:
+def _shared_inputs(compile_config: CompileConfig, kv_cache: torch.Tensor):
+    """ids(*shape), the free context length and context_positions: what every graph's inputs are built from."""
     device = kv_cache.device
-    chunk = compile_config.prefill_chunk_size
-    blocks = compile_config.blocks_per_sequence
 
     def ids(*shape):
         return torch.zeros(shape, dtype=torch.long, device=device)
@@ -59,21 +59,41 @@ def graph_specs(model: LlamaForCausalLM, compile_config: CompileConfig, kv_cache
     # Every graph reads context_positions = 0..context_len-1 of each row, context_len chosen per call (the
     # runtime's context_len_through): a free dimension of the export.
     context_len = torch.export.Dim("context_len", min=1, max=compile_config.max_seq_len)
-    context_positions = torch.arange(compile_config.max_seq_len, device=device)
-    # The prefill chunk's length is free too, from PREFILL_GRANULE tokens up (the runtime rounds a chunk's
-    # real tokens up to it); a chunk size that small leaves nothing to vary, and the shape fixed.
-    token_dims = {1: torch.export.Dim("chunk_len", min=PREFILL_GRANULE, max=chunk)} if chunk > PREFILL_GRANULE else None
-    prefill_inputs = (ids(1, chunk), ids(1, chunk), ids(1, chunk), ids(1, blocks), context_positions, ids(1), kv_cache)
-    prefill_dynamic = (token_dims, token_dims, token_dims, None, {0: context_len}, None, None)
-    specs = [GraphSpec(PREFILL, PrefillGraph(model), prefill_inputs, prefill_dynamic)]
-    # A decoder's other inputs have their shapes fixed by its batch size. Its projections are GEMMs of a few
-    # rows, which on the CPU Inductor's C++ GEMM template runs fastest (packed_weights).
-    template = GEMM_TEMPLATE_CONFIGS if uses_gemm_template(device, model.lm_head.weight.dtype) else {}
+    return ids, context_len, torch.arange(compile_config.max_seq_len, device=device)
+
+
+def decoder_specs(model: LlamaForCausalLM, compile_config: CompileConfig, kv_cache: torch.Tensor) -> list[GraphSpec]:
+    """One graph per decoder batch size; their shapes are fixed by it, but for the context length.
+
+    A decoder's projections are GEMMs of a few rows, which on the CPU Inductor's C++ GEMM template runs
+    fastest, over weights it reorders (packed_weights)."""
+    ids, context_len, context_positions = _shared_inputs(compile_config, kv_cache)
+    blocks = compile_config.blocks_per_sequence
+    template = GEMM_TEMPLATE_CONFIGS if uses_gemm_template(kv_cache.device, model.lm_head.weight.dtype) else {}
+    specs = []
     for b in compile_config.decoder_batch_sizes:
         inputs = (ids(b), ids(b), ids(b), ids(b, blocks), context_positions, kv_cache)
         dynamic = (None, None, None, None, {0: context_len}, None)
-        specs.append(GraphSpec(decoder_name(b), DecoderGraph(model, fused_decode=True), inputs, dynamic, template))
+        specs.append(GraphSpec(decoder_name(b), DecoderGraph(model, COMPILED_DECODE), inputs, dynamic, template))
     return specs
+
+
+def prefill_spec(
+    model: LlamaForCausalLM, compile_config: CompileConfig, kv_cache: torch.Tensor, block_sizes: dict[tuple[int, int], int]
+) -> GraphSpec:
+    """The prefill graph, whose projections read every weight the decoders reordered in that same blocked
+    layout (block_sizes, by weight shape: packed_weights.block_sizes_by_shape), so the model holds one copy."""
+    ids, context_len, context_positions = _shared_inputs(compile_config, kv_cache)
+    chunk = compile_config.prefill_chunk_size
+    # The prefill chunk's length is free too, from PREFILL_GRANULE tokens up (the runtime rounds a chunk's
+    # real tokens up to it); a chunk size that small leaves nothing to vary, and the shape fixed.
+    token_dims = {1: torch.export.Dim("chunk_len", min=PREFILL_GRANULE, max=chunk)} if chunk > PREFILL_GRANULE else None
+    inputs = (ids(1, chunk), ids(1, chunk), ids(1, chunk), ids(1, compile_config.blocks_per_sequence),
+              context_positions, ids(1), kv_cache)
+    dynamic = (token_dims, token_dims, token_dims, None, {0: context_len}, None, None)
+    # Freezing folds each weight's reorder (blocked_linear) into a constant load_graph rebuilds (packed_weights).
+    configs = FOLD_CONFIGS if block_sizes else {}
+    return GraphSpec(PREFILL, PrefillGraph(model, GraphForm(block_sizes=block_sizes)), inputs, dynamic, configs)
 
 
 def graph_constants(module: nn.Module) -> dict[str, torch.Tensor]:

@@ -1,15 +1,17 @@
-"""Weights that Inductor's CPU GEMM template repacks, recorded at compile time and rebuilt once at load time.
+"""Weights reordered into blocks of output rows, recorded at compile time and rebuilt once at load time.
 
 Compiled decoders on the CPU (fp32) multiply through Inductor's C++ GEMM template: a register-blocked
 micro-kernel over the weight reordered into blocks of `block_n` output rows, [ceil(n / block_n), k, block_n]
 (zero-padded), which streams each weight once for every row of the batch. On our 2-core machine it read
 the weights at about 31 GB/s for 1 to 4 rows, where the per-row reduction loop read them at 15 for 4
-(docs/PERFORMANCE.md).
+(docs/PERFORMANCE.md). The compiled prefill reads the same reordered weights (models.projections.blocked_linear,
+compiled with freezing, which folds the reorder), with the block_n the decoders' template chose for each
+weight shape (block_sizes_by_shape), so a compiled model keeps one copy of each projection weight, blocked.
 
-Inductor makes each reordered weight a new constant of the graph, named by Inductor ("constant12"). We
-keep weights out of the packages (aoti.INDUCTOR_CONFIGS), so compile_graph records which weight and
-block_n each such constant is (by content, checked exactly) and load_graph rebuilds it from the loaded
-weights, once for every graph that asks for the same one.
+Inductor makes each reordered weight a new constant of the graph, named by Inductor ("constant12",
+"_frozen_param3"). We keep weights out of the packages (aoti.INDUCTOR_CONFIGS), so compile_graph records
+which weight and block_n each such constant is (by content, checked exactly) and load_graph rebuilds it
+from the loaded weights, once for every graph that asks for the same one.
 """
 from __future__ import annotations
 
@@ -20,6 +22,8 @@ import torch
 
 # What a decoder graph adds to aoti.INDUCTOR_CONFIGS to multiply through the C++ GEMM template and nothing else.
 GEMM_TEMPLATE_CONFIGS = {"max_autotune_gemm": True, "max_autotune_gemm_backends": "CPP"}
+# What the prefill adds so that the reorders it writes (blocked_linear) are folded into constants.
+FOLD_CONFIGS = {"freezing": True}
 
 
 class PackedWeightError(RuntimeError):
@@ -75,8 +79,8 @@ def describe_packed(packed: dict[str, torch.Tensor | None], weights: dict[str, t
         if source is None:
             shape = "unseen" if tensor is None else f"of shape {tuple(tensor.shape)}"
             raise PackedWeightError(
-                f"the compiled graph holds a constant {name} ({shape}) that is no weight reordered for the "
-                f"GEMM template; bucketserve cannot rebuild it at load time"
+                f"the compiled graph holds a constant {name} ({shape}) that is no weight reordered into "
+                f"blocks of rows; bucketserve cannot rebuild it at load time"
             )
         described[name] = {"source": source, "block_n": tensor.shape[2]}
     return described
@@ -93,6 +97,17 @@ def _source_of(tensor: torch.Tensor, weights: dict[str, torch.Tensor]) -> str | 
         if torch.equal(tensor[0, :, 0], weight[0]) and torch.equal(block_rows(weight, block_n), tensor):
             return fqn
     return None
+
+
+def block_sizes_by_shape(described: list[dict[str, dict]], weights: dict[str, torch.Tensor]) -> dict[tuple[int, int], int]:
+    """{(n, k): block_n} over the graphs' described constants: the block size each weight shape was reordered
+    with. Where graphs chose differently for one shape, the larger block (each choice is its own copy)."""
+    sizes: dict[tuple[int, int], int] = {}
+    for graph in described:
+        for entry in graph.values():
+            shape = tuple(weights[entry["source"]].shape)
+            sizes[shape] = max(sizes.get(shape, 0), entry["block_n"])
+    return sizes
 
 
 def build_packed(

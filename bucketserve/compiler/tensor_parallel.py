@@ -13,7 +13,7 @@ from pathlib import Path
 from torch._inductor.runtime.cache_dir_utils import cache_dir
 
 from ..config import CompileConfig
-from ..models.checkpoint import load_safetensors
+from ..models.checkpoint import map_safetensors
 from ..models.config import ModelConfig
 from ..models.tensor_parallel import shard_model
 from ..runtime import distributed
@@ -29,7 +29,7 @@ def _compile_rank(job: dict) -> dict[str, float]:
     distributed.init_process_group(rank, world_size, job["port"], config.device)
     try:
         device = distributed.rank_device(config.device, rank)
-        full = build_model(ModelConfig.from_dict(job["model_config"]), config, load_safetensors(Path(job["source_dir"])), device)
+        full = build_model(ModelConfig.from_dict(job["model_config"]), config, map_safetensors(Path(job["source_dir"])).tensors, device)
         model = shard_model(full, rank, world_size)
         return write_rank_files(Path(job["source_dir"]), Path(job["out_dir"]), model, config, rank, world_size)
     finally:

@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import json
+import math
+import mmap
 import os
+import struct
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
@@ -48,10 +50,63 @@ def weight_files(model_dir: Path) -> list[Path]:
     raise FileNotFoundError(f"no {SINGLE_FILE} or {INDEX_FILE} in {model_dir}{hint}")
 
 
-def load_safetensors(model_dir: Path) -> dict[str, torch.Tensor]:
-    state: dict[str, torch.Tensor] = {}
-    for file in weight_files(model_dir):
-        with safe_open(str(file), framework="pt") as f:
-            for name in f.keys():
-                state[name] = f.get_tensor(name)
-    return state
+# safetensors' dtype names (its format spec) as torch dtypes.
+SAFETENSORS_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
+}
+
+
+class MappedWeights:
+    """A checkpoint's safetensors tensors, mapped from its files: nothing is read until a tensor is used.
+
+    Read through our own copy-on-write mappings (not safetensors' loader) so that release_pages can hand
+    back what loading read: a compiled model reads most plain weights once, to reorder them
+    (compiler/packed_weights.py), and never again.
+    """
+
+    def __init__(self, files: list[Path]):
+        self.tensors: dict[str, torch.Tensor] = {}
+        self._maps: list[mmap.mmap] = []
+        for file in files:
+            self._map(file)
+
+    def _map(self, file: Path) -> None:
+        with open(file, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            try:
+                (header_len,) = struct.unpack("<Q", f.read(8))
+                if 8 + header_len > size:
+                    raise ValueError(f"header of {header_len} bytes")
+                header = json.loads(f.read(header_len))
+            except (struct.error, ValueError) as err:
+                raise ValueError(f"{file} is not a safetensors file: {err}") from err
+            mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY) if size else None
+        self._maps.append(mapped)
+        data_start = 8 + header_len
+        for name, entry in header.items():
+            if name == "__metadata__":
+                continue
+            dtype = SAFETENSORS_DTYPES.get(entry.get("dtype"))
+            begin, end = entry["data_offsets"]
+            numel = math.prod(entry["shape"])
+            if dtype is None or end - begin != numel * dtype.itemsize or data_start + end > size:
+                raise ValueError(f"{file}: tensor {name} ({entry.get('dtype')}, shape {entry['shape']}, bytes "
+                                 f"{begin}..{end}) does not fit the file; it is damaged or of an unknown dtype")
+            if numel == 0:
+                self.tensors[name] = torch.empty(entry["shape"], dtype=dtype)
+            else:
+                flat = torch.frombuffer(mapped, dtype=dtype, count=numel, offset=data_start + begin)
+                self.tensors[name] = flat.view(entry["shape"])
+
+    def release_pages(self) -> None:
+        """Drop the pages loading read from this process's memory; the files stay mapped, and a page read
+        again comes back from the file (its values unchanged: nothing writes to the plain weights)."""
+        for mapped in self._maps:
+            if mapped is not None and hasattr(mmap, "MADV_DONTNEED"):
+                mapped.madvise(mmap.MADV_DONTNEED)
+
+
+def map_safetensors(model_dir: Path) -> MappedWeights:
+    return MappedWeights(weight_files(model_dir))

@@ -17,31 +17,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import ModelConfig
-
-
-def dense_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """x @ weight.T as a GEMM: oneDNN's for fp32 on the CPU, F.linear (MKL, cuBLAS) otherwise.
-
-    On our 2-core AMD machine, F.linear's fp32 GEMM (MKL) read the weights at 7 to 8.5 GB/s for 4 to 16
-    rows; oneDNN's, on the same plain weights, was 1.3x to 1.9x faster from 4 to 128 rows
-    (docs/bench/matmul_forms.py, figures in docs/PERFORMANCE.md). AOTInductor emits the op as a direct call.
-    """
-    if x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32 and torch.backends.mkldnn.is_available():
-        return torch.ops.mkldnn._linear_pointwise(x, weight, None, "none", [None], "")
-    return F.linear(x, weight)
-
-
-def project(x: torch.Tensor, weight: torch.Tensor, fused_decode: bool) -> torch.Tensor:
-    """x @ weight.T: F.linear in a compiled decode step, whose GEMM the compiler picks (on the CPU, Inductor's
-    C++ GEMM template over a reordered copy of the weight: compiler/packed_weights.py), else dense_linear."""
-    return F.linear(x, weight) if fused_decode else dense_linear(x, weight)
+from .projections import EAGER, GraphForm
 
 
 class Linear(nn.Linear):
-    """nn.Linear that, in a compiled decode step, multiplies in the form `project` picks."""
+    """nn.Linear that multiplies in the form its graph is written in (models/projections.py)."""
 
-    def forward(self, x: torch.Tensor, fused_decode: bool = False) -> torch.Tensor:
-        out = project(x, self.weight, fused_decode)
+    def forward(self, x: torch.Tensor, form: GraphForm = EAGER) -> torch.Tensor:
+        out = form.project(x, self.weight)
         return out if self.bias is None else out + self.bias
 
 
@@ -132,11 +115,11 @@ class Attention(nn.Module):
         else:
             self.q_norm = self.k_norm = None
 
-    def forward(self, hidden, cos, sin, kv_cache, slot_mapping, context_slots, context_mask, fused_decode):
+    def forward(self, hidden, cos, sin, kv_cache, slot_mapping, context_slots, context_mask, form):
         rows, query_len, _ = hidden.shape
-        q = self.q_proj(hidden, fused_decode).view(rows, query_len, self.num_heads, self.head_dim)
-        k = self.k_proj(hidden, fused_decode).view(rows, query_len, self.num_kv_heads, self.head_dim)
-        v = self.v_proj(hidden, fused_decode).view(rows, query_len, self.num_kv_heads, self.head_dim)
+        q = self.q_proj(hidden, form).view(rows, query_len, self.num_heads, self.head_dim)
+        k = self.k_proj(hidden, form).view(rows, query_len, self.num_kv_heads, self.head_dim)
+        v = self.v_proj(hidden, form).view(rows, query_len, self.num_kv_heads, self.head_dim)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
@@ -150,9 +133,9 @@ class Attention(nn.Module):
         kv_cache.index_put_((layer, torch.ones_like(slots), slots), v.flatten(0, 1).to(kv_cache.dtype))
         context_k = kv_cache[self.layer_index, 0][context_slots]  # [rows, context_len, kv_heads, head_dim]
         context_v = kv_cache[self.layer_index, 1][context_slots]
-        if fused_decode:
+        if form.decode_attention:
             out = decode_attention(q, context_k, context_v, context_mask, self.num_kv_heads)
-            return self.o_proj(out.reshape(rows, 1, self.num_heads * self.head_dim), fused_decode)
+            return self.o_proj(out.reshape(rows, 1, self.num_heads * self.head_dim), form)
 
         out = F.scaled_dot_product_attention(
             q.transpose(1, 2),
@@ -161,7 +144,7 @@ class Attention(nn.Module):
             attn_mask=context_mask.unsqueeze(1),
             enable_gqa=self.num_heads != self.num_kv_heads,
         )
-        return self.o_proj(out.transpose(1, 2).reshape(rows, query_len, self.num_heads * self.head_dim))
+        return self.o_proj(out.transpose(1, 2).reshape(rows, query_len, self.num_heads * self.head_dim), form)
 
 
 class MLP(nn.Module):
@@ -171,8 +154,8 @@ class MLP(nn.Module):
         self.up_proj = Linear(config.hidden_size, config.intermediate_size, bias=False)
         self.down_proj = Linear(config.intermediate_size, config.hidden_size, bias=False)
 
-    def forward(self, x, fused_decode):
-        return self.down_proj(F.silu(self.gate_proj(x, fused_decode)) * self.up_proj(x, fused_decode), fused_decode)
+    def forward(self, x, form):
+        return self.down_proj(F.silu(self.gate_proj(x, form)) * self.up_proj(x, form), form)
 
 
 class DecoderLayer(nn.Module):
@@ -183,11 +166,11 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.mlp = MLP(config)
 
-    def forward(self, hidden, cos, sin, kv_cache, slot_mapping, context_slots, context_mask, fused_decode):
+    def forward(self, hidden, cos, sin, kv_cache, slot_mapping, context_slots, context_mask, form):
         hidden = hidden + self.self_attn(
-            self.input_layernorm(hidden), cos, sin, kv_cache, slot_mapping, context_slots, context_mask, fused_decode
+            self.input_layernorm(hidden), cos, sin, kv_cache, slot_mapping, context_slots, context_mask, form
         )
-        return hidden + self.mlp(self.post_attention_layernorm(hidden), fused_decode)
+        return hidden + self.mlp(self.post_attention_layernorm(hidden), form)
 
 
 class Backbone(nn.Module):
@@ -220,16 +203,17 @@ class LlamaForCausalLM(nn.Module):
         if self.config.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
 
-    def hidden_states(self, input_ids, positions, slot_mapping, block_tables, context_positions, kv_cache, fused_decode=False):
+    def hidden_states(self, input_ids, positions, slot_mapping, block_tables, context_positions, kv_cache, form: GraphForm = EAGER):
         """Final-norm hidden states [rows, query_len, hidden] of every token.
 
         input_ids, positions, slot_mapping: [rows, query_len]; block_tables: [rows, blocks_per_seq].
         context_positions: [context_len], 0, 1, ...: the positions each row reads from its blocks (every
         position a token may attend to must be among them; past a row's own position they are masked).
-        fused_decode: a decode step (query_len 1) written for the compiler, see DecoderGraph.
+        form: how the forward is written (models/projections.py), see DecoderGraph.
         """
-        cos = self.rotary[0][positions].unsqueeze(2)  # [rows, query_len, 1, head_dim]
-        sin = self.rotary[1][positions].unsqueeze(2)
+        # One gather of both tables, [rows, query_len, 1, head_dim] each: rotary[0] alone would be a
+        # computation on a constant, which a freezing compile (the prefill's) folds into a copy of it.
+        cos, sin = self.rotary[:, positions].unsqueeze(3)
         # Slot of each context position in each row's blocks: [rows, context_len].
         blocks, offsets = context_positions // self.block_size, context_positions % self.block_size
         context_slots = block_tables[:, blocks] * self.block_size + offsets
@@ -237,7 +221,7 @@ class LlamaForCausalLM(nn.Module):
         context_mask = context_positions.view(1, 1, -1) <= positions.unsqueeze(-1)
         hidden = self.model.embed_tokens(input_ids)
         for layer in self.model.layers:
-            hidden = layer(hidden, cos, sin, kv_cache, slot_mapping, context_slots, context_mask, fused_decode)
+            hidden = layer(hidden, cos, sin, kv_cache, slot_mapping, context_slots, context_mask, form)
         return self.model.norm(hidden)
 
 
@@ -249,14 +233,17 @@ class PrefillGraph(nn.Module):
     32-token prompt does not pay for a 128-token chunk over all max_seq_len positions.
     """
 
-    def __init__(self, model: LlamaForCausalLM):
+    def __init__(self, model: LlamaForCausalLM, form: GraphForm = EAGER):
         super().__init__()
         self.model = model
+        self.form = form
 
     def forward(self, input_ids, positions, slot_mapping, block_table, context_positions, last_index, kv_cache):
-        hidden = self.model.hidden_states(input_ids, positions, slot_mapping, block_table, context_positions, kv_cache)
+        hidden = self.model.hidden_states(
+            input_ids, positions, slot_mapping, block_table, context_positions, kv_cache, self.form
+        )
         last_hidden = hidden[0].index_select(0, last_index)  # [1, hidden]
-        return self.model.lm_head(last_hidden).float(), hidden[0]
+        return self.model.lm_head(last_hidden, self.form).float(), hidden[0]
 
 
 class DecoderGraph(nn.Module):
@@ -265,20 +252,20 @@ class DecoderGraph(nn.Module):
     context_positions is an input whose length the compiled graph leaves free (see graph_specs), so a step
     reads only as many context positions as its longest row needs instead of all max_seq_len.
 
-    fused_decode=True (the graphs AOTInductor compiles) writes the attention as multiply-and-sum reductions,
+    COMPILED_DECODE (the form AOTInductor compiles) writes the attention as multiply-and-sum reductions,
     which Inductor fuses into loops reading each context position once, and leaves the projections' GEMMs to
     the compiler. Run eagerly those reductions would materialise large products, so the eager engine keeps
     SDPA and dense_linear. Both compute the same function.
     """
 
-    def __init__(self, model: LlamaForCausalLM, fused_decode: bool = False):
+    def __init__(self, model: LlamaForCausalLM, form: GraphForm = EAGER):
         super().__init__()
         self.model = model
-        self.fused_decode = fused_decode
+        self.form = form
 
     def forward(self, input_ids, positions, slot_mapping, block_tables, context_positions, kv_cache):
         hidden = self.model.hidden_states(
             input_ids.unsqueeze(1), positions.unsqueeze(1), slot_mapping.unsqueeze(1), block_tables,
-            context_positions, kv_cache, self.fused_decode,
+            context_positions, kv_cache, self.form,
         )
-        return self.model.lm_head(hidden[:, 0], self.fused_decode).float()
+        return self.model.lm_head(hidden[:, 0], self.form).float()

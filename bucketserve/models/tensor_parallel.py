@@ -16,7 +16,8 @@ import torch.distributed as dist
 from torch import nn
 
 from .config import ModelConfig
-from .llama import LlamaForCausalLM, project
+from .llama import LlamaForCausalLM
+from .projections import EAGER, GraphForm
 
 
 def check_shardable(config: ModelConfig, world_size: int) -> None:
@@ -50,10 +51,10 @@ class AllReduceLinear(nn.Module):
         self.weight = nn.Parameter(weight, requires_grad=False)
         self.bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
 
-    def forward(self, x: torch.Tensor, fused_decode: bool = False) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, form: GraphForm = EAGER) -> torch.Tensor:
         from torch.distributed import _functional_collectives as funcol
 
-        partial = project(x, self.weight, fused_decode)
+        partial = form.project(x, self.weight)
         out = funcol.all_reduce(partial, "sum", dist.group.WORLD)
         return out if self.bias is None else out + self.bias
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 from ..compiler.layout import rank_dir
 from ..config import CompileConfig
-from ..models.checkpoint import load_safetensors
+from ..models.checkpoint import map_safetensors
 from ..models.config import ModelConfig
 from .distributed import rank_device
 from .model_runner import ModelRunner
@@ -17,5 +17,10 @@ def load_rank_runner(directory: Path, compile_config: CompileConfig, model_confi
     folder = rank_dir(directory, rank, world_size)
     device = rank_device(compile_config.device, rank)
     shard = (rank, world_size) if world_size > 1 else None
-    model = build_model(model_config, compile_config, load_safetensors(folder), device, shard=shard)
-    return ModelRunner(folder, model, compile_config, device)
+    weights = map_safetensors(folder)
+    model = build_model(model_config, compile_config, weights.tensors, device, shard=shard)
+    runner = ModelRunner(folder, model, compile_config, device)
+    # Loading read every weight once (to reorder, cast or move it). Compiled graphs on the CPU read few of
+    # the plain ones again (embedding rows, norms); whatever is read comes back from the file as it is.
+    weights.release_pages()
+    return runner

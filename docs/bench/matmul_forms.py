@@ -1,5 +1,5 @@
 """Every weight matrix of the bench model (30 layers' q, k, v, o, gate, up, down, then the lm_head),
-random, applied to B rows in a chain, timed five ways, 2 threads:
+random, applied to B rows in a chain, timed six ways, 2 threads:
 
     python docs/bench/matmul_forms.py mkl B       # F.linear, uncompiled (MKL's GEMV / small GEMM)
     python docs/bench/matmul_forms.py onednn B    # models.llama.dense_linear, uncompiled (oneDNN's GEMM)
@@ -7,6 +7,8 @@ random, applied to B rows in a chain, timed five ways, 2 threads:
     python docs/bench/matmul_forms.py inductor B  # F.linear under torch.compile (Inductor calls MKL too)
     python docs/bench/matmul_forms.py template B  # F.linear compiled as bucketserve compiles decoders:
                                                   # AOTInductor, Inductor's C++ GEMM template (packed_weights)
+    python docs/bench/matmul_forms.py blocked B   # models.projections.blocked_linear (block 48) compiled as
+                                                  # bucketserve compiles the prefill: AOTInductor with freezing
 
 A check of the projections alone; the whole decoder graph is decoder_forms.py.
 """
@@ -21,14 +23,14 @@ from torch import nn
 from bucketserve.bench.timing import sorted_seconds
 from bucketserve.compiler.aoti import compile_graph, load_graph
 from bucketserve.compiler.graph_specs import GraphSpec
-from bucketserve.compiler.packed_weights import GEMM_TEMPLATE_CONFIGS
-from bucketserve.models.llama import dense_linear
+from bucketserve.compiler.packed_weights import FOLD_CONFIGS, GEMM_TEMPLATE_CONFIGS
+from bucketserve.models.projections import blocked_linear, dense_linear
 
 torch.set_num_threads(2)
 HIDDEN, INTERMEDIATE, Q, KV, LAYERS, VOCAB = 576, 1536, 576, 192, 30, 49152
 SHAPES = ((Q, HIDDEN), (KV, HIDDEN), (KV, HIDDEN), (HIDDEN, Q), (INTERMEDIATE, HIDDEN), (INTERMEDIATE, HIDDEN), (HIDDEN, INTERMEDIATE))
 form, rows = sys.argv[1], int(sys.argv[2])
-linear = {"onednn": dense_linear, "packed": dense_linear}.get(form, F.linear)
+linear = {"onednn": dense_linear, "packed": dense_linear, "blocked": lambda x, w: blocked_linear(x, w, 48)}.get(form, F.linear)
 
 
 class Chain(nn.Module):
@@ -54,9 +56,10 @@ class Chain(nn.Module):
 
 chain = Chain().eval()
 x = torch.randn(rows, HIDDEN)
-if form == "template":
+if form in ("template", "blocked"):
     package = Path(tempfile.mkdtemp()) / "chain.pt2"
-    compile_graph(GraphSpec("chain", chain, (x,), None, GEMM_TEMPLATE_CONFIGS), package)
+    configs = GEMM_TEMPLATE_CONFIGS if form == "template" else FOLD_CONFIGS
+    compile_graph(GraphSpec("chain", chain, (x,), None, configs), package)
     run = load_graph(package, dict(chain.named_parameters()))
 else:
     run = torch.compile(chain) if form == "inductor" else chain

@@ -6,20 +6,20 @@ import sys, time, torch
 from pathlib import Path
 torch.set_num_threads(2)
 from bucketserve.config import build_compile_config
-from bucketserve.models.checkpoint import load_safetensors, read_hf_config
+from bucketserve.models.checkpoint import map_safetensors, read_hf_config
 from bucketserve.models.config import ModelConfig
 from bucketserve.runtime.weights import build_model
 from bucketserve.runtime.kv_cache import KVCache
 from bucketserve.compiler import aoti
-from bucketserve.compiler.graph_specs import graph_specs, graph_constants
+from bucketserve.compiler.graph_specs import decoder_specs, graph_constants
 from bucketserve.models.llama import DecoderGraph
 ck = Path(sys.argv[2]).expanduser()
 mc = ModelConfig.from_hf_dict(read_hf_config(ck))
 batch = int(sys.argv[1])
 cc = build_compile_config(dict(batch_size=8, max_seq_len=2048, decoder_batch_sizes=[batch, 8]), mc)
-model = build_model(mc, cc, load_safetensors(ck), torch.device("cpu"))
+model = build_model(mc, cc, map_safetensors(ck).tensors, torch.device("cpu"))
 cache = KVCache(model, cc, torch.device("cpu"))
-spec = [s for s in graph_specs(model, cc, cache.tensor) if s.name == f"decoder_batch_{batch}"][0]
+spec = [s for s in decoder_specs(model, cc, cache.tensor) if s.name == f"decoder_batch_{batch}"][0]
 t0 = time.perf_counter(); aoti.compile_graph(spec, Path(f"/tmp/decoder_batch_{batch}.pt2")); print(f"compile {time.perf_counter()-t0:.1f}s", flush=True)
 g = aoti.load_graph(Path(f"/tmp/decoder_batch_{batch}.pt2"), graph_constants(DecoderGraph(model)))
 bps = cc.blocks_per_sequence
