@@ -86,3 +86,10 @@ def test_cli_chat_reads_turns_until_eof(eager_dir, monkeypatch, capsys):
     monkeypatch.setattr("builtins.input", fake_input)
     assert cli_main(["chat", str(eager_dir), "--max-tokens", "4"]) == 0
     assert capsys.readouterr().out.count("model> ") == 2
+
+
+def test_a_command_whose_module_fails_to_import_says_why(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "bucketserve.bench.main", None)  # importing it now raises ImportError
+    assert cli_main(["bench", "--tp-sizes", "1", "--quick"]) == 2
+    err = capsys.readouterr().err
+    assert "bucketserve bench cannot run here: " in err and "bucketserve.bench.main" in err

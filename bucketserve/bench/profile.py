@@ -5,7 +5,7 @@ sampling, and the engine's Python bookkeeping.
   model.decode (the runtime's host work is the difference). The same graph reading only the first
   CONTEXT_GRANULE positions is the step's cost without the context: weights (matmuls), norms, rotary,
   sampling-free logits. Full minus that is what reading and attending over the rest of the context costs.
-- For comparison, every weight matrix applied to `batch` rows, uncompiled, by models.llama.dense_linear:
+- For comparison, every weight matrix applied to `batch` rows, uncompiled, by models.projections.dense_linear:
   the GEMM the prefill and the eager engine call (oneDNN's on the CPU).
 - The eager model at the same shapes under torch.profiler splits the attention into its ops.
 - An engine run of the group of 8 times every step, its decode call and its sampler call.
@@ -19,7 +19,7 @@ from collections import defaultdict
 import torch
 
 from ..compiler.graph_specs import CONTEXT_GRANULE
-from ..models.llama import dense_linear
+from ..models.projections import dense_linear
 from .artifacts import system_name
 from .options import BUCKETS, BenchOptions
 from .scenarios import full_context_tables

@@ -118,28 +118,36 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="OpenAI-compatible HTTP server over a compiled directory")
     try:
         from .openai.server import add_serve_arguments, run_server
-    except ImportError:  # the server module is optional at import time
-        add_serve_arguments = run_server = None
-    if add_serve_arguments is not None:
+
         add_serve_arguments(p)
         p.set_defaults(func=run_server)
+    except ImportError as err:
+        _unavailable(p, err)
 
     p = sub.add_parser("bench", help="benchmark the decoder buckets against peers")
     try:
         from ..bench.main import add_bench_arguments, run_bench
-    except ImportError:
-        add_bench_arguments = run_bench = None
-    if add_bench_arguments is not None:
+
         add_bench_arguments(p)
         p.set_defaults(func=run_bench)
+    except ImportError as err:
+        _unavailable(p, err)
     return parser
 
 
+def _unavailable(p: argparse.ArgumentParser, err: ImportError) -> None:
+    """A command whose module would not import: running it, with any arguments, says why (see main)."""
+    p.set_defaults(unavailable=f"{type(err).__name__}: {err}")
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if not hasattr(args, "func"):
-        print(f"bucketserve {args.command} is not available in this build", file=sys.stderr)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if getattr(args, "unavailable", None):  # its own arguments are unknown here: say why, not "unrecognized"
+        print(f"bucketserve {args.command} cannot run here: {args.unavailable}", file=sys.stderr)
         return 2
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     args.func(args)
     return 0
 
