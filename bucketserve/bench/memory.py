@@ -13,22 +13,27 @@ process = psutil.Process()
 import torch
 torch.set_num_threads(int(sys.argv[2]))
 from bucketserve import AutoModelForCausalLM
+from bucketserve.bench.memory import run_every_graph_once
 before = process.memory_info().rss
 model = AutoModelForCausalLM.from_pretrained(sys.argv[1])
 after = process.memory_info().rss
 runner = model.runner
-# A full prefill chunk, then one step of every decoder at full context: whatever a graph reads is resident
-# afterwards, as in serving (the KV cache is resident from the start: it is zeroed at load).
-blocks = list(range(1, runner.kv_cache.blocks_per_sequence + 1))
-last = runner.compile_config.max_seq_len - 1
-runner.prefill([1] * runner.compile_config.prefill_chunk_size, blocks)
-for batch in runner.decoder_batch_sizes:
-    runner.decode([1] * batch, [last] * batch, [blocks] * batch)
+run_every_graph_once(runner)
 steps = process.memory_info().rss
 print(json.dumps({"rss_before_load_bytes": before, "rss_after_load_bytes": after, "rss_after_steps_bytes": steps,
                   "weight_bytes": runner.weight_bytes, "kv_cache_bytes": runner.kv_cache.nbytes,
                   "packed_weight_bytes": runner.packed_weight_bytes}))
 """
+
+
+def run_every_graph_once(runner) -> None:
+    """A full prefill chunk, then one step of every decoder at full context: afterwards whatever a graph
+    reads is resident, as in serving (the KV cache is resident from the start: it is zeroed at load)."""
+    blocks = list(range(1, runner.kv_cache.blocks_per_sequence + 1))
+    last = runner.compile_config.max_seq_len - 1
+    runner.prefill([1] * runner.compile_config.prefill_chunk_size, blocks)
+    for batch in runner.decoder_batch_sizes:
+        runner.decode([1] * batch, [last] * batch, [blocks] * batch)
 
 
 def resident_after_load(directory: Path, threads: int) -> dict:
