@@ -16,10 +16,10 @@ from ..models.llama import LlamaForCausalLM
 from ..runtime.kv_cache import KVCache
 from ..runtime.weights import weights_to_save
 from . import aoti
-from .packed_weights import block_sizes_by_shape
 from .graph_specs import GraphSpec, decoder_specs, graph_constants, prefill_spec
 from .layout import GRAPHS_DIR, rank_dir
 from .manifest import write_manifest
+from .packed_weights import block_sizes_by_shape
 
 logger = logging.getLogger(__name__)
 
