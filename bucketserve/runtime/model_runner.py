@@ -32,7 +32,7 @@ class ModelRunner:
         self.kv_cache = KVCache(model, compile_config, device)
         self.decoder_batch_sizes = sorted(compile_config.decoder_batch_sizes)  # ascending, for bisect
         prefill, decoder = PrefillGraph(model), DecoderGraph(model)  # eager: dense_linear and SDPA (see DecoderGraph)
-        # One reordered copy of each weight for all the decoders that multiply through it (packed_weights).
+        # One reordered copy of each weight for all the compiled graphs that multiply through it (packed_weights).
         self.packed_weights: dict[tuple, torch.Tensor] = {}
         if compile_config.compiler == "eager":
             self.prefill_graph = prefill
@@ -54,7 +54,7 @@ class ModelRunner:
 
     @property
     def packed_weight_bytes(self) -> int:
-        """The reordered copies the decoders' GEMM template reads, on top of weight_bytes."""
+        """The reordered copies the compiled graphs read (packed_weights), on top of weight_bytes."""
         return sum(t.numel() * t.element_size() for t in self.packed_weights.values())
 
     def decoder_batch_size_for(self, num_seqs: int) -> int:
