@@ -12,7 +12,9 @@ import transformers
 import bucketserve.compiler.aoti
 from bucketserve import AutoModelForCausalLM, LlamaForCausalLM
 from bucketserve.compiler.graph_specs import context_len_through, prefill_width
+from bucketserve.compiler.layout import GRAPHS_DIR
 from bucketserve.compiler.manifest import MANIFEST, CompiledModelError
+from bucketserve.kernels import library
 
 
 def prompts_for(model, lengths: list[int]) -> list[list[int]]:
@@ -198,21 +200,26 @@ def test_compiled_prefill_runs_short_chunks_over_the_context_they_reach(compiled
     assert calls == [(32, 64), (32, 64), (32, 128), (16, 128)]
 
 
-def test_compiled_decoder_reads_as_many_context_positions_as_it_is_given(compiled_dir):
-    """The context length is free in the compiled graph: the same row read over 128 positions (all it has)
-    or 256 gives the same logits, and over 64 (cutting off positions it attends to) different ones."""
+def test_compiled_cpu_decoder_reads_each_row_up_to_its_own_position(compiled_dir):
+    """A CPU fp32 decoder attends through the kernel (kernels/paged_attention.cpp), which reads a row's
+    context up to the row's position whatever context_positions' length: 64, 128 or 256 give the same
+    logits; a cached key at a position the row sees changes them, one past it does not."""
+    assert (compiled_dir / GRAPHS_DIR / library.LIBRARY_FILE).is_file()
     model = AutoModelForCausalLM.from_pretrained(compiled_dir)
     runner = model.runner
     prompt = prompts_for(model, [100])[0]
     table = [3, 4]
     model.prefill(prompt, table)
-    slot = runner.kv_cache.slot(table, 100)
-    inputs = [torch.tensor(v) for v in ([5], [100], [slot], [runner.kv_cache.padded_block_table(table)])]
+    cache = runner.kv_cache
+    inputs = [torch.tensor(v) for v in ([5], [100], [cache.slot(table, 100)], [cache.padded_block_table(table)])]
 
     def logits_reading(context_len: int) -> torch.Tensor:
         with torch.inference_mode():
-            return runner.decoders[1](*inputs, runner.model.context_positions[:context_len], runner.kv_cache.tensor)
+            return runner.decoders[1](*inputs, runner.model.context_positions[:context_len], cache.tensor)
 
-    full, needed, cut = logits_reading(256), logits_reading(128), logits_reading(64)
-    assert torch.allclose(full, needed, rtol=0, atol=1e-5 * full.abs().max().item())
-    assert not torch.allclose(full, cut, rtol=0, atol=1e-3 * full.abs().max().item())
+    full = logits_reading(256)
+    assert torch.equal(full, logits_reading(128)) and torch.equal(full, logits_reading(64))
+    cache.tensor[:, 0, cache.slot(table, 120)] = float("nan")  # past position 100: never read
+    assert torch.equal(full, logits_reading(128))
+    cache.tensor[:, 0, cache.slot(table, 70)] *= 2  # seen by the row
+    assert not torch.allclose(full, logits_reading(128), rtol=0, atol=1e-3 * full.abs().max().item())

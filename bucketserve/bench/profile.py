@@ -2,9 +2,9 @@
 sampling, and the engine's Python bookkeeping.
 
 - The compiled graph at full context is timed alone (its inputs built beforehand) and inside
-  model.decode (the runtime's host work is the difference). The same graph reading only the first
-  CONTEXT_GRANULE positions is the step's cost without the context: weights (matmuls), norms, rotary,
-  sampling-free logits. Full minus that is what reading and attending over the rest of the context costs.
+  model.decode (the runtime's host work is the difference). The same graph with every row at position
+  CONTEXT_GRANULE - 1, reading only the first CONTEXT_GRANULE positions, is the step's cost without the
+  context: weights (matmuls), norms, rotary, sampling-free logits. Full minus that is what reading and attending over the rest of the context costs.
 - For comparison, every weight matrix applied to `batch` rows, uncompiled, by models.projections.dense_linear:
   the GEMM the prefill and the eager engine call (oneDNN's on the CPU).
 - The eager model at the same shapes under torch.profiler splits the attention into its ops.
@@ -33,9 +33,10 @@ ATTENTION_OPS = ("aten::index", "aten::index_copy_", "aten::_scaled_dot_product"
 
 
 def _graph_inputs(model, batch: int, context_len: int) -> tuple:
-    """A decoder's inputs with every row at the last position, reading the first context_len positions."""
+    """A decoder's inputs with every row at position context_len - 1, reading the first context_len positions
+    (the attention kernel reads up to each row's position whatever context_positions holds)."""
     cache = model.kv_cache
-    last = model.compile_config.max_seq_len - 1
+    last = context_len - 1
     tables = full_context_tables(model, batch)
     slots = [cache.slot(t, last) for t in tables]
     long = lambda values: torch.tensor(values, dtype=torch.long)  # noqa: E731

@@ -11,6 +11,7 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from ..config import CompileConfig
+from ..kernels import library
 from ..models.checkpoint import SINGLE_FILE
 from ..models.llama import LlamaForCausalLM
 from ..runtime.kv_cache import KVCache
@@ -83,6 +84,8 @@ def write_rank_files(
 
         # Decoders first: the prefill reads each weight in the blocked layout the decoders' template chose.
         described = [aoti.read_packed(compile_one(spec)) for spec in decoders]
+        if any(spec.module.form.attention_kernel for spec in decoders):
+            library.copy_into(target / GRAPHS_DIR)  # the graphs call it: the directory carries it
         block_sizes = block_sizes_by_shape(described, graph_constants(decoders[0].module))
         compile_one(prefill_spec(model, compile_config, kv_cache, block_sizes))
     return compile_seconds

@@ -10,8 +10,9 @@ import torch
 from torch import nn
 
 from ..config import CompileConfig
+from ..kernels import library
 from ..models.llama import DecoderGraph, LlamaForCausalLM, PrefillGraph
-from ..models.projections import COMPILED_DECODE, GraphForm
+from ..models.projections import COMPILED_CPU_DECODE, COMPILED_DECODE, GraphForm
 from .packed_weights import FOLD_CONFIGS, GEMM_TEMPLATE_CONFIGS, uses_gemm_template
 
 PREFILL = "prefill"
@@ -66,15 +67,17 @@ def decoder_specs(model: LlamaForCausalLM, compile_config: CompileConfig, kv_cac
     """One graph per decoder batch size; their shapes are fixed by it, but for the context length.
 
     A decoder's projections are GEMMs of a few rows, which on the CPU Inductor's C++ GEMM template runs
-    fastest, over weights it reorders (packed_weights)."""
+    fastest, over weights it reorders (packed_weights); there its attention is our kernel where it builds."""
     ids, context_len, context_positions = _shared_inputs(compile_config, kv_cache)
     blocks = compile_config.blocks_per_sequence
-    template = GEMM_TEMPLATE_CONFIGS if uses_gemm_template(kv_cache.device, model.lm_head.weight.dtype) else {}
+    cpu_fp32 = uses_gemm_template(kv_cache.device, model.lm_head.weight.dtype)
+    template = GEMM_TEMPLATE_CONFIGS if cpu_fp32 else {}
+    form = COMPILED_CPU_DECODE if cpu_fp32 and library.build() is not None else COMPILED_DECODE
     specs = []
     for b in compile_config.decoder_batch_sizes:
         inputs = (ids(b), ids(b), ids(b), ids(b, blocks), context_positions, kv_cache)
         dynamic = (None, None, None, None, {0: context_len}, None)
-        specs.append(GraphSpec(decoder_name(b), DecoderGraph(model, COMPILED_DECODE), inputs, dynamic, template))
+        specs.append(GraphSpec(decoder_name(b), DecoderGraph(model, form), inputs, dynamic, template))
     return specs
 
 

@@ -15,7 +15,8 @@ MANIFEST = "bucketserve_manifest.json"
 # 2: decoder graphs take context_positions, of any length up to max_seq_len
 # 3: so does the prefill graph, and its chunk length is free
 # 4: CPU fp32 decoders multiply through weights reordered at load time (graphs/*.packed.json)
-FORMAT_VERSION = 4
+# 5: CPU fp32 decoders call torch.ops.bucketserve kernels, from graphs/bucketserve_kernels.so
+FORMAT_VERSION = 5
 
 
 class CompiledModelError(RuntimeError):

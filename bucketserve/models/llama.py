@@ -11,6 +11,7 @@ and read each row's context through its `block_table`.
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -76,6 +77,16 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return (x * cos + rotated * sin).to(x.dtype)
 
 
+class Context(NamedTuple):
+    """Where each row's context lies in the KV cache, in the forms the attention paths read it."""
+
+    slots: torch.Tensor  # [rows, context_len]: the slot of each context position
+    mask: torch.Tensor  # [rows, query_len, context_len]: which of them each token sees
+    block_tables: torch.Tensor  # [rows, blocks_per_seq]
+    positions: torch.Tensor  # [rows, query_len]: each token sees context positions 0..its own
+    block_size: int
+
+
 def decode_attention(q, keys, values, context_mask, num_kv_heads: int):
     """One query token per row attending over its context: q [rows, 1, heads, dim], keys and values
     [rows, context, kv_heads, dim] gathered from the cache; returns [rows, 1, heads, dim].
@@ -115,7 +126,7 @@ class Attention(nn.Module):
         else:
             self.q_norm = self.k_norm = None
 
-    def forward(self, hidden, cos, sin, kv_cache, slot_mapping, context_slots, context_mask, form):
+    def forward(self, hidden, cos, sin, kv_cache, slot_mapping, context: Context, form):
         rows, query_len, _ = hidden.shape
         q = self.q_proj(hidden, form).view(rows, query_len, self.num_heads, self.head_dim)
         k = self.k_proj(hidden, form).view(rows, query_len, self.num_kv_heads, self.head_dim)
@@ -131,17 +142,22 @@ class Attention(nn.Module):
         layer = torch.full_like(slots, self.layer_index)
         kv_cache.index_put_((layer, torch.zeros_like(slots), slots), k.flatten(0, 1).to(kv_cache.dtype))
         kv_cache.index_put_((layer, torch.ones_like(slots), slots), v.flatten(0, 1).to(kv_cache.dtype))
-        context_k = kv_cache[self.layer_index, 0][context_slots]  # [rows, context_len, kv_heads, head_dim]
-        context_v = kv_cache[self.layer_index, 1][context_slots]
+        if form.attention_kernel:  # one token per row, read straight from the cache (kernels/paged_attention.cpp)
+            out = torch.ops.bucketserve.paged_decode_attention(
+                q[:, 0], kv_cache, self.layer_index, context.block_tables, context.positions[:, 0], context.block_size
+            )
+            return self.o_proj(out.reshape(rows, 1, self.num_heads * self.head_dim), form)
+        context_k = kv_cache[self.layer_index, 0][context.slots]  # [rows, context_len, kv_heads, head_dim]
+        context_v = kv_cache[self.layer_index, 1][context.slots]
         if form.decode_attention:
-            out = decode_attention(q, context_k, context_v, context_mask, self.num_kv_heads)
+            out = decode_attention(q, context_k, context_v, context.mask, self.num_kv_heads)
             return self.o_proj(out.reshape(rows, 1, self.num_heads * self.head_dim), form)
 
         out = F.scaled_dot_product_attention(
             q.transpose(1, 2),
             context_k.transpose(1, 2).to(q.dtype),
             context_v.transpose(1, 2).to(q.dtype),
-            attn_mask=context_mask.unsqueeze(1),
+            attn_mask=context.mask.unsqueeze(1),
             enable_gqa=self.num_heads != self.num_kv_heads,
         )
         return self.o_proj(out.transpose(1, 2).reshape(rows, query_len, self.num_heads * self.head_dim), form)
@@ -166,10 +182,8 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.mlp = MLP(config)
 
-    def forward(self, hidden, cos, sin, kv_cache, slot_mapping, context_slots, context_mask, form):
-        hidden = hidden + self.self_attn(
-            self.input_layernorm(hidden), cos, sin, kv_cache, slot_mapping, context_slots, context_mask, form
-        )
+    def forward(self, hidden, cos, sin, kv_cache, slot_mapping, context: Context, form):
+        hidden = hidden + self.self_attn(self.input_layernorm(hidden), cos, sin, kv_cache, slot_mapping, context, form)
         return hidden + self.mlp(self.post_attention_layernorm(hidden), form)
 
 
@@ -216,12 +230,18 @@ class LlamaForCausalLM(nn.Module):
         cos, sin = self.rotary[:, positions].unsqueeze(3)
         # Slot of each context position in each row's blocks: [rows, context_len].
         blocks, offsets = context_positions // self.block_size, context_positions % self.block_size
-        context_slots = block_tables[:, blocks] * self.block_size + offsets
         # A token sees every context position up to its own (causal over the whole sequence so far).
-        context_mask = context_positions.view(1, 1, -1) <= positions.unsqueeze(-1)
+        # Whatever a form's attention leaves unread, torch.export drops from the graph.
+        context = Context(
+            slots=block_tables[:, blocks] * self.block_size + offsets,
+            mask=context_positions.view(1, 1, -1) <= positions.unsqueeze(-1),
+            block_tables=block_tables,
+            positions=positions,
+            block_size=self.block_size,
+        )
         hidden = self.model.embed_tokens(input_ids)
         for layer in self.model.layers:
-            hidden = layer(hidden, cos, sin, kv_cache, slot_mapping, context_slots, context_mask, form)
+            hidden = layer(hidden, cos, sin, kv_cache, slot_mapping, context, form)
         return self.model.norm(hidden)
 
 
@@ -254,7 +274,8 @@ class DecoderGraph(nn.Module):
 
     COMPILED_DECODE (the form AOTInductor compiles) writes the attention as multiply-and-sum reductions,
     which Inductor fuses into loops reading each context position once, and leaves the projections' GEMMs to
-    the compiler. Run eagerly those reductions would materialise large products, so the eager engine keeps
+    the compiler. COMPILED_CPU_DECODE (CPU, fp32) calls the attention kernel instead, which reads each row's
+    context up to the row's own position, whatever context_positions' length. Run eagerly those reductions would materialise large products, so the eager engine keeps
     SDPA and dense_linear. Both compute the same function.
     """
 

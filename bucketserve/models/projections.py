@@ -50,11 +50,12 @@ def blocked_weight(weight: torch.Tensor, block_n: int) -> torch.Tensor:
 
 class GraphForm:
     """How one forward is written: for the eager engine (EAGER), for a compiled decode step
-    (COMPILED_DECODE), or for a compiled prefill reading weights in blocked form (GraphForm(block_sizes=...))."""
+    (COMPILED_DECODE, or COMPILED_CPU_DECODE with the attention kernel), or for a compiled prefill reading weights in blocked form (GraphForm(block_sizes=...))."""
 
     def __init__(self, decode_attention: bool = False, compiler_gemm: bool = False,
-                 block_sizes: dict[tuple[int, int], int] | None = None):
+                 block_sizes: dict[tuple[int, int], int] | None = None, attention_kernel: bool = False):
         self.decode_attention = decode_attention  # multiply-and-sum attention (models.llama.decode_attention)
+        self.attention_kernel = attention_kernel  # one decode token per row: torch.ops.bucketserve (kernels/)
         self.compiler_gemm = compiler_gemm  # F.linear, for the compiler to pick the GEMM
         self.block_sizes = dict(block_sizes or {})  # weight shape (n, k) -> block_n: blocked_linear
 
@@ -67,3 +68,5 @@ class GraphForm:
 
 EAGER = GraphForm()
 COMPILED_DECODE = GraphForm(decode_attention=True, compiler_gemm=True)
+# On the CPU in fp32, where the attention kernel builds (kernels/library.py).
+COMPILED_CPU_DECODE = GraphForm(decode_attention=True, compiler_gemm=True, attention_kernel=True)

@@ -11,6 +11,7 @@ from ..compiler import aoti
 from ..compiler.graph_specs import PREFILL, context_len_through, decoder_name, graph_constants, prefill_width
 from ..compiler.layout import GRAPHS_DIR
 from ..config import CompileConfig
+from ..kernels import library
 from ..models.config import ModelConfig
 from ..models.llama import DecoderGraph, LlamaForCausalLM, PrefillGraph
 from .kv_cache import DUMMY_BLOCK, KVCache
@@ -39,6 +40,7 @@ class ModelRunner:
             self.decoders = {b: decoder for b in self.decoder_batch_sizes}
         else:
             graphs = directory / GRAPHS_DIR
+            library.load_from(graphs)  # before the graphs that call its kernels
             self.prefill_graph = aoti.load_graph(graphs / f"{PREFILL}.pt2", graph_constants(prefill), self.packed_weights)
             self.decoders = {
                 b: aoti.load_graph(graphs / f"{decoder_name(b)}.pt2", graph_constants(decoder), self.packed_weights)

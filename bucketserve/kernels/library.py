@@ -1,0 +1,67 @@
+"""The CPU kernel library: built for this machine's vector ISA the first time a compile needs it, copied
+into every compiled directory whose graphs call it, and loaded from there before those graphs.
+
+Building takes a C++ compiler (AOTInductor needs one to compile anyway) and about half a minute, once per
+machine and source version: torch.utils.cpp_extension keeps the result in its build root. A machine that
+only loads a compiled directory needs no compiler: the library travels inside the directory.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import re
+import shutil
+from pathlib import Path
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+LIBRARY_FILE = "bucketserve_kernels.so"  # its name inside a compiled directory's graphs/
+SOURCES = [Path(__file__).with_name("paged_attention.cpp")]
+
+
+def registered() -> bool:
+    return hasattr(torch.ops.bucketserve, "paged_decode_attention")
+
+
+@functools.cache
+def build() -> Path | None:
+    """This machine's library, built if need be and loaded into the process; None (logged) where it cannot
+    be built, and the graphs then keep Inductor's own attention loops."""
+    from torch._inductor.cpu_vec_isa import pick_vec_isa
+    from torch.utils import cpp_extension
+
+    isa = pick_vec_isa()  # the ISA Inductor compiles its own kernels for, with the same flags and macros
+    flags = ["-O3", *isa.build_arch_flags().split(), *(f"-D{macro}" for macro in isa.build_macro())] if isa else ["-O3"]
+    try:
+        name = "bucketserve_kernels_" + (re.sub(r"\W+", "_", str(isa)) if isa else "scalar")
+        path = cpp_extension.load(name, [str(s) for s in SOURCES],
+                                  extra_cflags=flags, is_python_module=False)
+    except (OSError, RuntimeError, SystemExit) as error:  # no compiler, no ninja, or a failed build
+        logger.warning("the CPU attention kernel could not be built (%s); decoders use Inductor's loops", error)
+        return None
+    _register_fake()
+    return Path(path)
+
+
+def copy_into(graphs_dir: Path) -> None:
+    """Put the built library beside graphs that call it (build() must have succeeded)."""
+    shutil.copyfile(build(), graphs_dir / LIBRARY_FILE)
+
+
+def load_from(graphs_dir: Path) -> None:
+    """Register the kernels a directory's graphs call, from its own copy, unless this process has them."""
+    library = graphs_dir / LIBRARY_FILE
+    if library.is_file() and not registered():
+        torch.ops.load_library(str(library))
+        _register_fake()
+
+
+@functools.cache
+def _register_fake() -> None:
+    """Shapes for torch.export, which traces the op without running it."""
+
+    @torch.library.register_fake("bucketserve::paged_decode_attention")
+    def _(query, kv_cache, layer, block_tables, positions, block_size):
+        return torch.empty_like(query)
