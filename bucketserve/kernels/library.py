@@ -11,6 +11,7 @@ import functools
 import logging
 import re
 import shutil
+import sys
 from pathlib import Path
 
 import torch
@@ -34,6 +35,12 @@ def build() -> Path | None:
 
     isa = pick_vec_isa()  # the ISA Inductor compiles its own kernels for, with the same flags and macros
     flags = ["-O3", *isa.build_arch_flags().split(), *(f"-D{macro}" for macro in isa.build_macro())] if isa else ["-O3"]
+    if sys.platform == "linux":
+        flags.append("-march=native")  # as Inductor on Linux: the library is built where it is first used
+    if "OpenMP" in torch.__config__.parallel_info():
+        # at::parallel_for is a header template: without -fopenmp its loop runs on one thread. GOMP's
+        # symbols come from torch's own OpenMP runtime, already loaded into the process.
+        flags.append("-fopenmp")
     try:
         name = "bucketserve_kernels_" + (re.sub(r"\W+", "_", str(isa)) if isa else "scalar")
         path = cpp_extension.load(name, [str(s) for s in SOURCES],
