@@ -22,11 +22,13 @@ namespace {
 using Vec = at::vec::Vectorized<float>;
 // Context positions one task reads: rows x chunks are the tasks, so one long row still feeds every thread.
 constexpr int64_t kChunk = 256;
-// Slots prefetched ahead of the one being read (4 measured best of 0, 2, 4, 8, 16).
-constexpr int64_t kAhead = 4;
+// Slots prefetched ahead of the one being read, kept in every cache level (locality 3). A non-temporal
+// prefetch (locality 0) with 4 slots ahead took 12.0 ms for 30 layers of one row at context 2048, this
+// 8.2 ms; 4 and 8 rows were level within noise (docs/PERFORMANCE.md, "attention kernel").
+constexpr int64_t kAhead = 8;
 
 inline void prefetch_slot(const float* slot, int64_t floats) {
-  for (int64_t i = 0; i < floats; i += 64 / sizeof(float)) __builtin_prefetch(slot + i, 0, 0);
+  for (int64_t i = 0; i < floats; i += 64 / sizeof(float)) __builtin_prefetch(slot + i, 0, 3);
 }
 
 inline float dot(const float* a, const float* b, int64_t n) {
