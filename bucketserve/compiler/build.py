@@ -82,7 +82,7 @@ def write_rank_files(
             bar.update()
             return package
 
-        # Decoders first: the prefill reads each weight in the blocked layout the decoders' template chose.
+        # Decoders first: the prefill reads each weight in the blocked layout the decoders' GEMM chose.
         described = [aoti.read_packed(compile_one(spec)) for spec in decoders]
         if any(spec.module.form.attention_kernel for spec in decoders):
             library.copy_into(target / GRAPHS_DIR)  # the graphs call it: the directory carries it

@@ -12,8 +12,8 @@ from torch import nn
 from ..config import CompileConfig
 from ..kernels import library
 from ..models.llama import DecoderGraph, LlamaForCausalLM, PrefillGraph
-from ..models.projections import COMPILED_CPU_DECODE, COMPILED_DECODE, GraphForm
-from .packed_weights import FOLD_CONFIGS, GEMM_TEMPLATE_CONFIGS, uses_gemm_template
+from ..models.projections import COMPILED_CPU_DECODE, COMPILED_DECODE, GraphForm, kernel_decode_form
+from .packed_weights import FOLD_CONFIGS, GEMM_TEMPLATE_CONFIGS, uses_blocked_gemm
 
 PREFILL = "prefill"
 # A prefill chunk runs its real tokens rounded up to a multiple of this many (whole vectors, few shapes).
@@ -66,18 +66,26 @@ def _shared_inputs(compile_config: CompileConfig, kv_cache: torch.Tensor):
 def decoder_specs(model: LlamaForCausalLM, compile_config: CompileConfig, kv_cache: torch.Tensor) -> list[GraphSpec]:
     """One graph per decoder batch size; their shapes are fixed by it, but for the context length.
 
-    A decoder's projections are GEMMs of a few rows, which on the CPU Inductor's C++ GEMM template runs
-    fastest, over weights it reorders (packed_weights); there its attention is our kernel where it builds."""
+    A decoder's projections are GEMMs of a few rows over weights reordered into blocks of rows
+    (packed_weights). On the CPU in fp32 our kernels run them and the attention where they build for
+    AVX-512; where only the attention kernel builds, Inductor's C++ GEMM template runs the projections."""
     ids, context_len, context_positions = _shared_inputs(compile_config, kv_cache)
     blocks = compile_config.blocks_per_sequence
-    cpu_fp32 = uses_gemm_template(kv_cache.device, model.lm_head.weight.dtype)
-    template = GEMM_TEMPLATE_CONFIGS if cpu_fp32 else {}
-    form = COMPILED_CPU_DECODE if cpu_fp32 and library.build() is not None else COMPILED_DECODE
+    cpu_fp32 = uses_blocked_gemm(kv_cache.device, model.lm_head.weight.dtype)
+    block_n = library.gemm_block_n() if cpu_fp32 else None
+    if block_n is not None:
+        # Freezing folds each weight's reorder into a constant that load_graph rebuilds (packed_weights).
+        form, configs = kernel_decode_form(block_n), FOLD_CONFIGS
+    elif cpu_fp32:
+        form = COMPILED_CPU_DECODE if library.build() is not None else COMPILED_DECODE
+        configs = GEMM_TEMPLATE_CONFIGS
+    else:
+        form, configs = COMPILED_DECODE, {}
     specs = []
     for b in compile_config.decoder_batch_sizes:
         inputs = (ids(b), ids(b), ids(b), ids(b, blocks), context_positions, kv_cache)
         dynamic = (None, None, None, None, {0: context_len}, None)
-        specs.append(GraphSpec(decoder_name(b), DecoderGraph(model, form), inputs, dynamic, template))
+        specs.append(GraphSpec(decoder_name(b), DecoderGraph(model, form), inputs, dynamic, configs))
     return specs
 
 

@@ -1,12 +1,13 @@
 """Weights reordered into blocks of output rows, recorded at compile time and rebuilt once at load time.
 
-Compiled decoders on the CPU (fp32) multiply through Inductor's C++ GEMM template: a register-blocked
-micro-kernel over the weight reordered into blocks of `block_n` output rows, [ceil(n / block_n), k, block_n]
-(zero-padded), which streams each weight once for every row of the batch. On our 2-core machine it read
-the weights at about 31 GB/s for 1 to 4 rows, where the per-row reduction loop read them at 15 for 4
-(docs/PERFORMANCE.md). The compiled prefill reads the same reordered weights (models.projections.blocked_linear,
-compiled with freezing, which folds the reorder), with the block_n the decoders' template chose for each
+Compiled decoders on the CPU (fp32) multiply over each weight reordered into blocks of `block_n` output
+rows, [ceil(n / block_n), k, block_n] (zero-padded), which a register-blocked micro-kernel streams once for
+every row of the batch: our GEMM kernel (kernels/blocked_linear.cpp, block_n 48, on AVX-512), where it
+builds, else Inductor's C++ GEMM template, which reorders the weight itself. The compiled prefill reads the
+same reordered weights (models.projections.blocked_linear), with the block_n the decoders chose for each
 weight shape (block_sizes_by_shape), so a compiled model keeps one copy of each projection weight, blocked.
+Where a graph writes the reorder itself (our kernel's decoders, the prefill), it is compiled with freezing,
+which folds the reorder into a constant.
 
 Inductor makes each reordered weight a new constant of the graph, named by Inductor ("constant12",
 "_frozen_param3"). We keep weights out of the packages (aoti.INDUCTOR_CONFIGS), so compile_graph records
@@ -30,13 +31,13 @@ class PackedWeightError(RuntimeError):
     """A constant Inductor added to a graph that is no weight in the blocked layout we know how to rebuild."""
 
 
-def uses_gemm_template(device: torch.device, dtype: torch.dtype) -> bool:
-    """fp32 on the CPU: there the template keeps the plain blocked layout (other dtypes pack pairs for VNNI)."""
+def uses_blocked_gemm(device: torch.device, dtype: torch.dtype) -> bool:
+    """fp32 on the CPU: decoders multiply over blocked weights (the template packs pairs for VNNI in other dtypes)."""
     return device.type == "cpu" and dtype == torch.float32
 
 
 def block_rows(weight: torch.Tensor, block_n: int) -> torch.Tensor:
-    """weight [n, k] as the template reads it: [ceil(n / block_n), k, block_n], rows past n zero.
+    """weight [n, k] as the decoders' GEMM reads it: [ceil(n / block_n), k, block_n], rows past n zero.
 
     Copied straight into the result: a padded intermediate, freed at once, still left ~40% of the weights'
     bytes resident in the allocator after a model's worth of them."""

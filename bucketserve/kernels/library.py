@@ -19,17 +19,33 @@ import torch
 logger = logging.getLogger(__name__)
 
 LIBRARY_FILE = "bucketserve_kernels.so"  # its name inside a compiled directory's graphs/
-SOURCES = [Path(__file__).with_name("paged_attention.cpp")]
+SOURCES = [Path(__file__).with_name(name) for name in ("paged_attention.cpp", "blocked_linear.cpp")]
+
+
+OPS = ("paged_decode_attention", "blocked_linear")
 
 
 def registered() -> bool:
-    return hasattr(torch.ops.bucketserve, "paged_decode_attention")
+    return all(hasattr(torch.ops.bucketserve, op) for op in OPS)
+
+
+@functools.cache
+def gemm_block_n() -> int | None:
+    """Output rows per weight block for the GEMM kernel (blocked_linear.cpp) on this machine: 3 vectors, where
+    vectors hold 16 floats (AVX-512: 8 rows x 3 vectors of accumulators fit its 32 registers, with room for
+    the weights). None elsewhere, or where the library does not build: decoders keep Inductor's template."""
+    from torch._inductor.cpu_vec_isa import pick_vec_isa
+
+    isa = pick_vec_isa()
+    if not isa or isa.nelements(torch.float32) != 16 or build() is None:
+        return None
+    return 3 * isa.nelements(torch.float32)
 
 
 @functools.cache
 def build() -> Path | None:
     """This machine's library, built if need be and loaded into the process; None (logged) where it cannot
-    be built, and the graphs then keep Inductor's own attention loops."""
+    be built, and the graphs then keep Inductor's own attention loops and GEMM template."""
     from torch._inductor.cpu_vec_isa import pick_vec_isa
     from torch.utils import cpp_extension
 
@@ -46,7 +62,7 @@ def build() -> Path | None:
         path = cpp_extension.load(name, [str(s) for s in SOURCES],
                                   extra_cflags=flags, is_python_module=False)
     except (OSError, RuntimeError, SystemExit) as error:  # no compiler, no ninja, or a failed build
-        logger.warning("the CPU attention kernel could not be built (%s); decoders use Inductor's loops", error)
+        logger.warning("the CPU kernels could not be built (%s); decoders use Inductor's loops and GEMM template", error)
         return None
     _register_fake()
     return Path(path)
@@ -72,3 +88,7 @@ def _register_fake() -> None:
     @torch.library.register_fake("bucketserve::paged_decode_attention")
     def _(query, kv_cache, layer, block_tables, positions, block_size):
         return torch.empty_like(query)
+
+    @torch.library.register_fake("bucketserve::blocked_linear")
+    def _(x, weight_blocks, n):
+        return x.new_empty(*x.shape[:-1], n)

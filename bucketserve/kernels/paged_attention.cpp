@@ -22,9 +22,10 @@ namespace {
 using Vec = at::vec::Vectorized<float>;
 // Context positions one task reads: rows x chunks are the tasks, so one long row still feeds every thread.
 constexpr int64_t kChunk = 256;
-// Slots prefetched ahead of the one being read, kept in every cache level (locality 3). A non-temporal
-// prefetch (locality 0) with 4 slots ahead took 12.0 ms for 30 layers of one row at context 2048, this
-// 8.2 ms; 4 and 8 rows were level within noise (docs/PERFORMANCE.md, "attention kernel").
+// Slots prefetched ahead of the one being read, kept in every cache level (locality 3). Against a
+// non-temporal prefetch (locality 0) of 4 slots ahead, `python docs/bench/attention_forms.py ROWS kernel`
+// (30 layers, context 2048) took 9.1 and 8.3 ms against 11.1 and 11.3 at 1 row, and 59.9 and 65.5 against
+// 80.6 and 93.2 at 8 rows (docs/PERFORMANCE.md, "attention kernel").
 constexpr int64_t kAhead = 8;
 
 inline void prefetch_slot(const float* slot, int64_t floats) {

@@ -6,6 +6,8 @@
   (compiler/packed_weights.py).
 - blocked_linear: the compiled prefill's, over that same reordered copy, so a compiled model holds each
   projection weight once, in the blocked layout, and never reads the plain one after loading.
+- torch.ops.bucketserve.blocked_linear: the compiled CPU fp32 decode steps' where our kernel library builds
+  for AVX-512 (kernels/blocked_linear.cpp), over the same blocked layout; it replaces the template there.
 """
 from __future__ import annotations
 
@@ -49,17 +51,25 @@ def blocked_weight(weight: torch.Tensor, block_n: int) -> torch.Tensor:
 
 
 class GraphForm:
-    """How one forward is written: for the eager engine (EAGER), for a compiled decode step
-    (COMPILED_DECODE, or COMPILED_CPU_DECODE with the attention kernel), or for a compiled prefill reading weights in blocked form (GraphForm(block_sizes=...))."""
+    """How one forward is written: for the eager engine (EAGER); for a compiled decode step (COMPILED_DECODE,
+    COMPILED_CPU_DECODE with the attention kernel, kernel_decode_form with both kernels); or for a compiled
+    prefill reading weights in blocked form (GraphForm(block_sizes=...))."""
 
     def __init__(self, decode_attention: bool = False, compiler_gemm: bool = False,
-                 block_sizes: dict[tuple[int, int], int] | None = None, attention_kernel: bool = False):
+                 block_sizes: dict[tuple[int, int], int] | None = None, attention_kernel: bool = False,
+                 gemm_kernel_block_n: int | None = None):
         self.decode_attention = decode_attention  # multiply-and-sum attention (models.llama.decode_attention)
         self.attention_kernel = attention_kernel  # one decode token per row: torch.ops.bucketserve (kernels/)
         self.compiler_gemm = compiler_gemm  # F.linear, for the compiler to pick the GEMM
         self.block_sizes = dict(block_sizes or {})  # weight shape (n, k) -> block_n: blocked_linear
+        # Every projection through torch.ops.bucketserve.blocked_linear over blocks of this many rows
+        # (compiled with freezing, which folds each weight's reorder into a constant, as for the prefill).
+        self.gemm_kernel_block_n = gemm_kernel_block_n
 
     def project(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        if self.gemm_kernel_block_n is not None:
+            blocks = blocked_weight(weight, self.gemm_kernel_block_n)
+            return torch.ops.bucketserve.blocked_linear(x, blocks, weight.shape[0])
         block_n = self.block_sizes.get(tuple(weight.shape))
         if block_n is not None:
             return blocked_linear(x, weight, block_n)
@@ -68,5 +78,10 @@ class GraphForm:
 
 EAGER = GraphForm()
 COMPILED_DECODE = GraphForm(decode_attention=True, compiler_gemm=True)
-# On the CPU in fp32, where the attention kernel builds (kernels/library.py).
+# On the CPU in fp32, where the attention kernel builds (kernels/library.py) but not the GEMM kernel.
 COMPILED_CPU_DECODE = GraphForm(decode_attention=True, compiler_gemm=True, attention_kernel=True)
+
+
+def kernel_decode_form(block_n: int) -> GraphForm:
+    """On the CPU in fp32 where both kernels build: attention and every projection through them."""
+    return GraphForm(decode_attention=True, attention_kernel=True, gemm_kernel_block_n=block_n)

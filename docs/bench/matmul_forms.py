@@ -1,5 +1,5 @@
 """Every weight matrix of the bench model (30 layers' q, k, v, o, gate, up, down, then the lm_head),
-random, applied to B rows in a chain, timed six ways, 2 threads:
+random, applied to B rows in a chain, timed seven ways, 2 threads:
 
     python docs/bench/matmul_forms.py mkl B       # F.linear, uncompiled (MKL's GEMV / small GEMM)
     python docs/bench/matmul_forms.py onednn B    # models.llama.dense_linear, uncompiled (oneDNN's GEMM)
@@ -9,6 +9,8 @@ random, applied to B rows in a chain, timed six ways, 2 threads:
                                                   # AOTInductor, Inductor's C++ GEMM template (packed_weights)
     python docs/bench/matmul_forms.py blocked B   # models.projections.blocked_linear (block 48) compiled as
                                                   # bucketserve compiles the prefill: AOTInductor with freezing
+    python docs/bench/matmul_forms.py kernel B    # torch.ops.bucketserve.blocked_linear (kernels/blocked_linear.cpp,
+                                                  # block 48) compiled as bucketserve compiles CPU fp32 decoders
 
 A check of the projections alone; the whole decoder graph is decoder_forms.py.
 """
@@ -24,13 +26,17 @@ from bucketserve.bench.timing import sorted_seconds
 from bucketserve.compiler.aoti import compile_graph, load_graph
 from bucketserve.compiler.graph_specs import GraphSpec
 from bucketserve.compiler.packed_weights import FOLD_CONFIGS, GEMM_TEMPLATE_CONFIGS
-from bucketserve.models.projections import blocked_linear, dense_linear
+from bucketserve.kernels import library
+from bucketserve.models.projections import blocked_linear, blocked_weight, dense_linear
 
 torch.set_num_threads(2)
 HIDDEN, INTERMEDIATE, Q, KV, LAYERS, VOCAB = 576, 1536, 576, 192, 30, 49152
 SHAPES = ((Q, HIDDEN), (KV, HIDDEN), (KV, HIDDEN), (HIDDEN, Q), (INTERMEDIATE, HIDDEN), (INTERMEDIATE, HIDDEN), (HIDDEN, INTERMEDIATE))
 form, rows = sys.argv[1], int(sys.argv[2])
-linear = {"onednn": dense_linear, "packed": dense_linear, "blocked": lambda x, w: blocked_linear(x, w, 48)}.get(form, F.linear)
+if form == "kernel":
+    library.build()
+linear = {"onednn": dense_linear, "packed": dense_linear, "blocked": lambda x, w: blocked_linear(x, w, 48),
+          "kernel": lambda x, w: torch.ops.bucketserve.blocked_linear(x, blocked_weight(w, 48), w.shape[0])}.get(form, F.linear)
 
 
 class Chain(nn.Module):
@@ -56,7 +62,7 @@ class Chain(nn.Module):
 
 chain = Chain().eval()
 x = torch.randn(rows, HIDDEN)
-if form in ("template", "blocked"):
+if form in ("template", "blocked", "kernel"):
     package = Path(tempfile.mkdtemp()) / "chain.pt2"
     configs = GEMM_TEMPLATE_CONFIGS if form == "template" else FOLD_CONFIGS
     compile_graph(GraphSpec("chain", chain, (x,), None, configs), package)
