@@ -18,16 +18,9 @@ def kernel_library():
     return path
 
 
-def vector_floats() -> int:
-    from torch._inductor.cpu_vec_isa import pick_vec_isa
-
-    isa = pick_vec_isa()
-    return isa.nelements(torch.float32) if isa else 8
-
-
 def block_sizes() -> list[int]:
     """1 to 4 vectors a block: every register tile the kernel has, on this machine's vectors."""
-    return [vector_floats() * vectors for vectors in (1, 2, 3, 4)]
+    return [library.vector_floats() * vectors for vectors in (1, 2, 3, 4)]
 
 
 @pytest.mark.parametrize("rows", [1, 3, 8, 9, 20])  # within one pass of 8 rows, and passes with a remainder

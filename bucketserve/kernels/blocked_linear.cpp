@@ -55,11 +55,10 @@ void pass_over_block(const float* a_t, const float* b, float* c, int64_t k, int6
   }
 }
 
-template <int64_t COLS>
 using PassFn = void (*)(const float*, const float*, float*, int64_t, int64_t, int64_t);
 
 template <int64_t COLS, int64_t... ROWS>
-constexpr std::array<PassFn<COLS>, sizeof...(ROWS)> passes_for(std::integer_sequence<int64_t, ROWS...>) {
+constexpr std::array<PassFn, sizeof...(ROWS)> passes_for(std::integer_sequence<int64_t, ROWS...>) {
   return {&pass_over_block<ROWS + 1, COLS>...};
 }
 

@@ -29,17 +29,22 @@ def registered() -> bool:
     return all(hasattr(torch.ops.bucketserve, op) for op in OPS)
 
 
+def vector_floats() -> int:
+    """Floats in one of the library's vectors (at::vec::Vectorized<float>), built for Inductor's ISA."""
+    from torch._inductor.cpu_vec_isa import pick_vec_isa
+
+    isa = pick_vec_isa()
+    return isa.nelements(torch.float32) if isa else 8  # without an ISA, at::vec's plain 32-byte vector
+
+
 @functools.cache
 def gemm_block_n() -> int | None:
     """Output rows per weight block for the GEMM kernel (blocked_linear.cpp) on this machine: 3 vectors, where
     vectors hold 16 floats (AVX-512: 8 rows x 3 vectors of accumulators fit its 32 registers, with room for
     the weights). None elsewhere, or where the library does not build: decoders keep Inductor's template."""
-    from torch._inductor.cpu_vec_isa import pick_vec_isa
-
-    isa = pick_vec_isa()
-    if not isa or isa.nelements(torch.float32) != 16 or build() is None:
+    if vector_floats() != 16 or build() is None:
         return None
-    return 3 * isa.nelements(torch.float32)
+    return 3 * vector_floats()
 
 
 @functools.cache
