@@ -43,6 +43,10 @@ def reference(cache, query, tables, positions, layer, block_size):
         (4, 2, 16, 16, 40, [639, 17, 0, 256]),  # many blocks a row, chunks of 256 crossed
         (8, 8, 20, 32, 4, [127, 5]),  # no grouping, head_dim not a whole number of vectors
         (6, 1, 32, 64, 2, [100]),  # one row: its chunks alone share the threads
+        (8, 2, 128, 64, 8, [511, 300, 17]),  # Llama's head_dim, 4 query heads a KV head
+        (12, 2, 64, 128, 3, [383, 40]),  # 6 query heads a KV head: more outputs than one value pass holds
+        (4, 2, 256, 32, 2, [63, 33]),  # head_dim of 16 AVX-512 vectors: the values in pieces
+        (4, 1, 80, 32, 2, [50]),  # head_dim a whole number of vectors, but not one the kernel unrolls for
     ],
 )
 def test_kernel_matches_the_reductions(heads, kv_heads, head_dim, block_size, blocks_per_row, positions):

@@ -4,7 +4,8 @@
 // Why a kernel: Inductor's loops for the same attention read the context at 14 to 17 GB/s on our 2-core
 // machine, with per-position index arithmetic, a reduction parallelised over the context inside a loop over
 // rows, and the value pass split into one strided sweep per 16 floats of head_dim. This reads each row's
-// slots in order, every head at once, and only up to the row's own position (docs/PERFORMANCE.md).
+// slots in order, a vector's worth of slots at a time for every head, and only up to the row's own position
+// (docs/PERFORMANCE.md).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <ATen/cpu/vec/functional.h>
@@ -12,9 +13,11 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <limits>
 #include <tuple>
+#include <utility>
 #include <vector>
 
 namespace {
@@ -22,10 +25,11 @@ namespace {
 using Vec = at::vec::Vectorized<float>;
 // Context positions one task reads: rows x chunks are the tasks, so one long row still feeds every thread.
 constexpr int64_t kChunk = 256;
-// Slots prefetched ahead of the one being read, kept in every cache level (locality 3). Against a
-// non-temporal prefetch (locality 0) of 4 slots ahead, `python docs/bench/attention_forms.py ROWS kernel`
-// (30 layers, context 2048) took 9.1 and 8.3 ms against 11.1 and 11.3 at 1 row, and 59.9 and 65.5 against
-// 80.6 and 93.2 at 8 rows (docs/PERFORMANCE.md, "attention kernel").
+// Slots the any-head_dim pass prefetches ahead of the one it reads, into every cache level (locality 3),
+// as the others prefetch the next group of slots. Against a non-temporal prefetch (locality 0) of 4 slots
+// ahead, `python docs/bench/attention_forms.py ROWS kernel` (30 layers, context 2048) took 9.1 and 8.3 ms
+// against 11.1 and 11.3 at 1 row, and 59.9 and 65.5 against 80.6 and 93.2 at 8 rows (when every head_dim
+// took this pass).
 constexpr int64_t kAhead = 8;
 
 inline void prefetch_slot(const float* slot, int64_t floats) {
@@ -53,6 +57,125 @@ inline std::pair<float, float> exp_shifted(float* scores, int64_t n) {
   const float max = at::vec::reduce_all<float>([](Vec& x, Vec& y) { return at::vec::maximum(x, y); }, scores, n);
   at::vec::map([max](Vec x) { return (x - Vec(max)).exp_u20(); }, scores, scores, n);
   return {max, at::vec::reduce_all<float>([](Vec& x, Vec& y) { return x + y; }, scores, n)};
+}
+
+// Slots whose scores one step computes, and whose values one step adds: a vector's worth.
+constexpr int64_t kGroup = Vec::size();
+// Vector registers (AVX-512 has 32, AVX2 16): half may hold a value pass's outputs, a quarter a slot's value.
+constexpr int64_t kRegisters = Vec::size() == 16 ? 32 : 16;
+
+// scores[s] = q . key of slot s for kGroup slots, head_dim V vectors. The kGroup dot products' vectors are
+// summed across their lanes together, by a tree of deinterleave-and-add: kGroup - 1 steps in all, where
+// reducing each slot's vector alone takes log2(kGroup) shuffles and adds per slot, and held the key pass to
+// ~13 GB/s with the keys in cache (docs/PERFORMANCE.md, "attention kernel").
+template <int64_t V>
+inline void scores_of_group(const float* q, const float* keys, const int64_t* slot_of, float* scores) {
+  Vec sums[kGroup];
+  for (int64_t s = 0; s < kGroup; ++s) {
+    const float* key = keys + slot_of[s];
+    Vec acc = Vec::loadu(q) * Vec::loadu(key);
+    for (int64_t v = 1; v < V; ++v) acc = at::vec::fmadd(Vec::loadu(q + v * kGroup), Vec::loadu(key + v * kGroup), acc);
+    sums[s] = acc;
+  }
+  // Each step halves the vectors: lanes [0, kGroup / 2) of the result add up pairs of the first vector's
+  // lanes, the rest the second's, so after log2(kGroup) levels lane s holds slot s's whole sum.
+  for (int64_t width = kGroup; width > 1; width /= 2) {
+    for (int64_t j = 0; j < width / 2; ++j) {
+      const auto halves = at::vec::deinterleave2(sums[2 * j], sums[2 * j + 1]);
+      sums[j] = halves.first + halves.second;
+    }
+  }
+  sums[0].store(scores);
+}
+
+// out[a] += sum over m slots of scores[a][s] * value of slot s, over V vectors of head_dim, for A query heads
+// sharing one KV head (their outputs `dim` floats apart): the outputs stay in registers over the slots, so a
+// slot costs V loads and A * V multiply-adds, not a load and a store of every head's output.
+template <int64_t V, int64_t A>
+void add_values(float* out, int64_t dim, const float* scores, const float* values, const int64_t* slot_of, int64_t m) {
+  Vec acc[A][V];
+  for (int64_t a = 0; a < A; ++a)
+    for (int64_t v = 0; v < V; ++v) acc[a][v] = Vec::loadu(out + a * dim + v * kGroup);
+  for (int64_t s = 0; s < m; ++s) {
+    const float* value = values + slot_of[s];
+    Vec x[V];
+    for (int64_t v = 0; v < V; ++v) x[v] = Vec::loadu(value + v * kGroup);
+    for (int64_t a = 0; a < A; ++a) {
+      const Vec p(scores[a * kChunk + s]);
+      for (int64_t v = 0; v < V; ++v) acc[a][v] = at::vec::fmadd(p, x[v], acc[a][v]);
+    }
+  }
+  for (int64_t a = 0; a < A; ++a)
+    for (int64_t v = 0; v < V; ++v) acc[a][v].store(out + a * dim + v * kGroup);
+}
+
+using ValuesFn = void (*)(float*, int64_t, const float*, const float*, const int64_t*, int64_t);
+
+template <int64_t V, int64_t... A>
+constexpr std::array<ValuesFn, sizeof...(A)> values_by_heads(std::integer_sequence<int64_t, A...>) {
+  return {&add_values<V, A + 1>...};
+}
+
+// One task's chunk of n slots, head_dim V vectors: every head's scores kGroup slots at a time, then the
+// values kGroup slots at a time, each KV head's query heads together. Each pass prefetches the next group.
+template <int64_t V>
+void attend_chunk(const float* scaled_q, const float* keys, const float* values, const int64_t* slot_of, int64_t n,
+                  int64_t heads, int64_t groups, int64_t slot_stride, float* scores, float* out) {
+  constexpr int64_t dim = V * kGroup;
+  int64_t i = 0;
+  for (; i + kGroup <= n; i += kGroup) {
+    for (int64_t s = i + kGroup; s < std::min(i + 2 * kGroup, n); ++s) prefetch_slot(keys + slot_of[s], slot_stride);
+    for (int64_t h = 0; h < heads; ++h)
+      scores_of_group<V>(&scaled_q[h * dim], keys + (h / groups) * dim, slot_of + i, &scores[h * kChunk + i]);
+  }
+  for (; i < n; ++i)
+    for (int64_t h = 0; h < heads; ++h) scores[h * kChunk + i] = dot(&scaled_q[h * dim], keys + slot_of[i] + (h / groups) * dim, dim);
+
+  for (int64_t h = 0; h < heads; ++h) std::tie(out[h], out[heads + h]) = exp_shifted(&scores[h * kChunk], n);
+  float* acc = out + 2 * heads;
+  constexpr int64_t kPiece = std::min(V, kRegisters / 4);  // vectors of head_dim one value pass covers
+  constexpr int64_t kMaxHeads = kRegisters / 2 / kPiece;
+  static constexpr auto pass = values_by_heads<kPiece>(std::make_integer_sequence<int64_t, kMaxHeads>());
+  for (int64_t i = 0; i < n; i += kGroup) {
+    const int64_t m = std::min(kGroup, n - i);
+    for (int64_t s = i + kGroup; s < std::min(i + 2 * kGroup, n); ++s) prefetch_slot(values + slot_of[s], slot_stride);
+    for (int64_t h = 0, a; h < heads; h += a) {
+      a = std::min(kMaxHeads, groups - h % groups);  // query heads of one KV head, as many as the registers hold
+      for (int64_t piece = 0; piece < dim; piece += kPiece * kGroup)
+        pass[a - 1](acc + h * dim + piece, dim, &scores[h * kChunk + i], values + (h / groups) * dim + piece, slot_of + i, m);
+    }
+  }
+}
+
+// The same for any head_dim, slot by slot with every head at once.
+void attend_chunk_any_dim(const float* scaled_q, const float* keys, const float* values, const int64_t* slot_of,
+                          int64_t n, int64_t heads, int64_t groups, int64_t dim, int64_t slot_stride, float* scores,
+                          float* out) {
+  for (int64_t i = 0; i < n; ++i) {
+    if (i + kAhead < n) prefetch_slot(keys + slot_of[i + kAhead], slot_stride);
+    for (int64_t h = 0; h < heads; ++h) scores[h * kChunk + i] = dot(&scaled_q[h * dim], keys + slot_of[i] + (h / groups) * dim, dim);
+  }
+  for (int64_t h = 0; h < heads; ++h) std::tie(out[h], out[heads + h]) = exp_shifted(&scores[h * kChunk], n);
+  float* acc = out + 2 * heads;
+  for (int64_t i = 0; i < n; ++i) {
+    if (i + kAhead < n) prefetch_slot(values + slot_of[i + kAhead], slot_stride);
+    for (int64_t h = 0; h < heads; ++h) add_scaled(acc + h * dim, scores[h * kChunk + i], values + slot_of[i] + (h / groups) * dim, dim);
+  }
+}
+
+using ChunkFn = void (*)(const float*, const float*, const float*, const int64_t*, int64_t, int64_t, int64_t, int64_t,
+                         float*, float*);
+
+// attend_chunk for head_dim's vectors, where that is 1, 2, 4, 8 or 16; nullptr otherwise.
+ChunkFn chunk_pass(int64_t dim) {
+  switch (dim % kGroup == 0 ? dim / kGroup : 0) {
+    case 1: return &attend_chunk<1>;
+    case 2: return &attend_chunk<2>;
+    case 4: return &attend_chunk<4>;
+    case 8: return &attend_chunk<8>;
+    case 16: return &attend_chunk<16>;
+    default: return nullptr;
+  }
 }
 
 at::Tensor paged_decode_attention(const at::Tensor& query, const at::Tensor& kv_cache, int64_t layer,
@@ -97,6 +220,7 @@ at::Tensor paged_decode_attention(const at::Tensor& query, const at::Tensor& kv_
   std::vector<float> partials(rows * chunks * part, 0.f);
   const float scale = 1.0f / std::sqrt(static_cast<float>(dim));
 
+  const ChunkFn pass = chunk_pass(dim);
   at::parallel_for(0, rows * chunks, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> scores(heads * kChunk), scaled_q(heads * dim);
     std::vector<int64_t> slot_of(kChunk);
@@ -104,24 +228,19 @@ at::Tensor paged_decode_attention(const at::Tensor& query, const at::Tensor& kv_
       const int64_t r = task / chunks, first = (task % chunks) * kChunk;
       const int64_t n = std::min(first + kChunk, position[r] + 1) - first;
       if (n <= 0) continue;
-      for (int64_t i = 0; i < n; ++i) {
-        const int64_t p = first + i;
-        slot_of[i] = (table[r * blocks_per_row + p / block_size] * block_size + p % block_size) * slot_stride;
+      for (int64_t i = 0, run; i < n; i += run) {  // the chunk's slots, a block's run at a time
+        const int64_t p = first + i, offset = p % block_size;
+        run = std::min(n - i, block_size - offset);
+        const int64_t slot = table[r * blocks_per_row + p / block_size] * block_size + offset;
+        for (int64_t j = 0; j < run; ++j) slot_of[i + j] = (slot + j) * slot_stride;
       }
       for (int64_t j = 0; j < heads * dim; ++j) scaled_q[j] = qp[r * heads * dim + j] * scale;
-      // Keys, then values, slot by slot with every head at once: one sequential stream each.
-      for (int64_t i = 0; i < n; ++i) {
-        if (i + kAhead < n) prefetch_slot(keys + slot_of[i + kAhead], slot_stride);
-        const float* key = keys + slot_of[i];
-        for (int64_t h = 0; h < heads; ++h) scores[h * kChunk + i] = dot(&scaled_q[h * dim], key + (h / groups) * dim, dim);
-      }
       float* out = partials.data() + task * part;
-      for (int64_t h = 0; h < heads; ++h) std::tie(out[h], out[heads + h]) = exp_shifted(&scores[h * kChunk], n);
-      float* acc = out + 2 * heads;
-      for (int64_t i = 0; i < n; ++i) {
-        if (i + kAhead < n) prefetch_slot(values + slot_of[i + kAhead], slot_stride);
-        const float* value = values + slot_of[i];
-        for (int64_t h = 0; h < heads; ++h) add_scaled(acc + h * dim, scores[h * kChunk + i], value + (h / groups) * dim, dim);
+      if (pass) {
+        pass(scaled_q.data(), keys, values, slot_of.data(), n, heads, groups, slot_stride, scores.data(), out);
+      } else {
+        attend_chunk_any_dim(scaled_q.data(), keys, values, slot_of.data(), n, heads, groups, dim, slot_stride,
+                             scores.data(), out);
       }
     }
   });
