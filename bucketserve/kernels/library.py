@@ -47,14 +47,11 @@ def gemm_block_n() -> int | None:
     return 3 * vector_floats()
 
 
-@functools.cache
-def build() -> Path | None:
-    """This machine's library, built if need be and loaded into the process; None (logged) where it cannot
-    be built, and the graphs then keep Inductor's own attention loops and GEMM template."""
+def build_flags() -> list[str]:
+    """Compiler flags for the library: the ISA Inductor compiles its own kernels for, its flags and macros."""
     from torch._inductor.cpu_vec_isa import pick_vec_isa
-    from torch.utils import cpp_extension
 
-    isa = pick_vec_isa()  # the ISA Inductor compiles its own kernels for, with the same flags and macros
+    isa = pick_vec_isa()
     flags = ["-O3", *isa.build_arch_flags().split(), *(f"-D{macro}" for macro in isa.build_macro())] if isa else ["-O3"]
     if sys.platform == "linux":
         flags.append("-march=native")  # as Inductor on Linux: the library is built where it is first used
@@ -62,10 +59,21 @@ def build() -> Path | None:
         # at::parallel_for is a header template: without -fopenmp its loop runs on one thread. GOMP's
         # symbols come from torch's own OpenMP runtime, already loaded into the process.
         flags.append("-fopenmp")
+    return flags
+
+
+@functools.cache
+def build() -> Path | None:
+    """This machine's library, built if need be and loaded into the process; None (logged) where it cannot
+    be built, and the graphs then keep Inductor's own attention loops and GEMM template."""
+    from torch._inductor.cpu_vec_isa import pick_vec_isa
+    from torch.utils import cpp_extension
+
+    isa = pick_vec_isa()
     try:
         name = "bucketserve_kernels_" + (re.sub(r"\W+", "_", str(isa)) if isa else "scalar")
         path = cpp_extension.load(name, [str(s) for s in SOURCES],
-                                  extra_cflags=flags, is_python_module=False)
+                                  extra_cflags=build_flags(), is_python_module=False)
     except (OSError, RuntimeError, SystemExit) as error:  # no compiler, no ninja, or a failed build
         logger.warning("the CPU kernels could not be built (%s); decoders use Inductor's loops and GEMM template", error)
         return None
