@@ -10,6 +10,7 @@ import transformers
 
 from bucketserve import LLM, AutoModelForCausalLM, SamplingParams
 from bucketserve.engine.detokenizer import Detokenizer, special_token_ids
+from bucketserve.engine.sampler import first_argmax
 
 PROMPT = "Describe the process of photosynthesis."
 
@@ -175,6 +176,17 @@ def test_prompt_logprobs_match_hf(llm, hf_model):
         assert ids[i] in entries
         assert entries[ids[i]].logprob == pytest.approx(float(reference[i - 1, ids[i]]), abs=1e-4)
         assert set(reference[i - 1].topk(2).indices.tolist()) <= set(entries)
+
+
+@pytest.mark.parametrize("vocab", [49152, 151936, 32000, 50257, 1000, 64])
+def test_first_argmax_is_torch_argmax_ties_and_nan_included(vocab):
+    logits = torch.randn(6, vocab, generator=torch.Generator().manual_seed(vocab))
+    logits[1, [3, vocab // 2, vocab - 1]] = 100.0  # ties across blocks: the first wins
+    logits[2, [vocab - 2, vocab - 1]] = 100.0  # ties within the last block
+    logits[3, [5, vocab - 3]] = float("nan")  # torch's argmax takes the first NaN
+    logits[4] = float("-inf")
+    logits[5, 0] = 100.0
+    assert first_argmax(logits).tolist() == logits.argmax(dim=-1).tolist()
 
 
 def test_streamed_text_equals_decoding_the_tokens(llm):

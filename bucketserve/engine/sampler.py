@@ -40,11 +40,25 @@ class Sampler:
         self.decode_token = decode_token  # token id -> its text, for Logprob.decoded_token
 
     def __call__(self, logits: torch.Tensor, seqs: list[Sequence]) -> list[Sample]:
-        raw_logprobs = torch.log_softmax(logits.float(), dim=-1)
-        return [self._sample_row(logits[i].float(), raw_logprobs[i], seq) for i, seq in enumerate(seqs)]
+        logits = logits.float()
+        # A token's raw log-probability is its logit less its row's logsumexp: one reduction per row, where a
+        # log-softmax wrote the whole vocabulary (with torch's argmax, 1.3 ms of a 30 ms step of 8 rows).
+        log_normalizers = torch.logsumexp(logits, dim=-1, keepdim=True)
+        greedy_tokens = first_argmax(logits).tolist()
+        tokens = [self._choose(logits[i], greedy_tokens[i], seq) for i, seq in enumerate(seqs)]
+        chosen = (logits[torch.arange(len(seqs)), tokens] - log_normalizers[:, 0]).tolist()
+        samples = []
+        for i, (seq, token) in enumerate(zip(seqs, tokens)):
+            top = None
+            if seq.params.logprobs is not None:
+                top = position_logprobs(logits[i] - log_normalizers[i], token, seq.params.logprobs, self.decode_token)
+            samples.append(Sample(token, chosen[i], top))
+        return samples
 
-    def _sample_row(self, logits: torch.Tensor, raw_logprobs: torch.Tensor, seq: Sequence) -> Sample:
+    def _choose(self, raw_logits: torch.Tensor, raw_greedy: int, seq: Sequence) -> int:
+        """The row's token: raw_greedy (the raw logits' argmax) unless penalties, min_tokens or sampling apply."""
         params = seq.params
+        logits = raw_logits
         if params.uses_penalties:
             logits = apply_penalties(logits, seq.prompt_token_ids, seq.output_token_ids, params)
         if len(seq.output_token_ids) < params.min_tokens:
@@ -53,16 +67,24 @@ class Sampler:
                 logits = logits.clone()
                 logits[list(banned)] = float("-inf")
         if params.greedy:
-            token = int(logits.argmax())
-        else:
-            # Masked (-inf) entries stay masked: a huge temperature would turn -inf / inf into NaN.
-            scaled = torch.where(torch.isinf(logits), logits, logits / params.temperature)
-            probs = torch.softmax(filter_logits(scaled, params.top_k, params.top_p, params.min_p), dim=-1)
-            token = int(torch.multinomial(probs, 1, generator=seq.generator))
-        top = None
-        if params.logprobs is not None:
-            top = position_logprobs(raw_logprobs, token, params.logprobs, self.decode_token)
-        return Sample(token, float(raw_logprobs[token]), top)
+            return raw_greedy if logits is raw_logits else int(logits.argmax())
+        # Masked (-inf) entries stay masked: a huge temperature would turn -inf / inf into NaN.
+        scaled = torch.where(torch.isinf(logits), logits, logits / params.temperature)
+        probs = torch.softmax(filter_logits(scaled, params.top_k, params.top_p, params.min_p), dim=-1)
+        return int(torch.multinomial(probs, 1, generator=seq.generator))
+
+
+def first_argmax(logits: torch.Tensor) -> torch.Tensor:
+    """logits.argmax(-1) for [rows, vocab], the first of equal maxima: torch's argmax over a 49152-word row
+    runs ~15x slower than its max, so this takes each block of the row's max, the first block holding the
+    row's max, and the argmax within that block alone."""
+    rows, vocab = logits.shape
+    block = min(vocab & -vocab, 256)  # the largest power of two dividing vocab, at most 256
+    if block < 32:
+        return logits.argmax(dim=-1)
+    blocks = logits.reshape(rows, vocab // block, block)
+    best_block = blocks.amax(dim=-1).argmax(dim=-1)
+    return best_block * block + blocks[torch.arange(rows), best_block].argmax(dim=-1)
 
 
 def apply_penalties(logits: torch.Tensor, prompt_ids: list[int], output_ids: list[int], params) -> torch.Tensor:
