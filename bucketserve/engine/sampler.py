@@ -75,9 +75,9 @@ class Sampler:
 
 
 def first_argmax(logits: torch.Tensor) -> torch.Tensor:
-    """logits.argmax(-1) for [rows, vocab], the first of equal maxima: torch's argmax over a 49152-word row
-    runs ~15x slower than its max, so this takes each block of the row's max, the first block holding the
-    row's max, and the argmax within that block alone."""
+    """logits.argmax(-1) for [rows, vocab], the first of equal maxima. torch's argmax over a 49152-word row
+    runs many times slower than its max (docs/PERFORMANCE.md, "the sampler"), so this takes the max of each
+    block of the row, the first block holding the row's max, and the argmax within that block alone."""
     rows, vocab = logits.shape
     block = min(vocab & -vocab, 256)  # the largest power of two dividing vocab, at most 256
     if block < 32:

@@ -66,8 +66,8 @@ constexpr int64_t kRegisters = Vec::size() == 16 ? 32 : 16;
 
 // scores[s] = q . key of slot s for kGroup slots, head_dim V vectors. The kGroup dot products' vectors are
 // summed across their lanes together, by a tree of deinterleave-and-add: kGroup - 1 steps in all, where
-// reducing each slot's vector alone takes log2(kGroup) shuffles and adds per slot, and held the key pass to
-// ~13 GB/s with the keys in cache (docs/PERFORMANCE.md, "attention kernel").
+// reducing each slot's vector alone takes log2(kGroup) shuffles and adds per slot (docs/PERFORMANCE.md,
+// "The attention kernel's arithmetic").
 template <int64_t V>
 inline void scores_of_group(const float* q, const float* keys, const int64_t* slot_of, float* scores) {
   Vec sums[kGroup];
