@@ -92,5 +92,21 @@ def test_a_fresh_process_registers_the_kernel_from_a_directorys_copy(tmp_path):
         "assert not library.registered()\n"
         "library.load_from(Path(sys.argv[1]))\n"
         "assert library.registered()\n"
+        # Compiling now needs the library file: built in a child process, since a second library
+        # registering the namespace here would abort this one.
+        "built = library.build()\n"
+        "assert built.is_file() and built != Path(sys.argv[1]) / library.LIBRARY_FILE, built\n"
+        "assert library.registered()\n"
     )
     subprocess.run([sys.executable, "-c", script, str(tmp_path)], check=True)
+
+
+def test_an_older_library_with_fewer_ops_fails_clearly_instead_of_aborting(tmp_path, monkeypatch):
+    """As if this process had loaded a directory compiled by a version without a newer op: loading or
+    building the newer library cannot add it (the namespace is registered once), so both say so."""
+    library.copy_into(tmp_path)
+    monkeypatch.setattr(library, "OPS", (*library.OPS, "an_op_of_a_newer_version"))
+    with pytest.raises(RuntimeError, match="lacks an_op_of_a_newer_version; to load .*new Python process"):
+        library.load_from(tmp_path)
+    with pytest.raises(RuntimeError, match="lacks an_op_of_a_newer_version; to compile a model"):
+        library.build.__wrapped__()

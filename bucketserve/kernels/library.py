@@ -11,6 +11,7 @@ import functools
 import logging
 import re
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -27,6 +28,11 @@ OPS = ("paged_decode_attention", "blocked_linear")
 
 def registered() -> bool:
     return all(hasattr(torch.ops.bucketserve, op) for op in OPS)
+
+
+def registered_ops() -> list[str]:
+    """Those of OPS this process has: all, or none, unless an older library (fewer ops) was loaded."""
+    return [op for op in OPS if hasattr(torch.ops.bucketserve, op)]
 
 
 def vector_floats() -> int:
@@ -69,6 +75,12 @@ def build() -> Path | None:
     from torch._inductor.cpu_vec_isa import pick_vec_isa
     from torch.utils import cpp_extension
 
+    if registered_ops():
+        # A compiled directory's copy is loaded (load_from). Loading a second library that registers the
+        # same namespace aborts the process, so build this one in a child process and keep the ops we have.
+        if not registered():
+            raise _older_library_error("compile a model")
+        return _build_in_child_process()
     isa = pick_vec_isa()
     try:
         name = "bucketserve_kernels_" + (re.sub(r"\W+", "_", str(isa)) if isa else "scalar")
@@ -81,6 +93,26 @@ def build() -> Path | None:
     return Path(path)
 
 
+def _build_in_child_process() -> Path | None:
+    """build() in a fresh interpreter, which has no library loaded: the path it printed, or None."""
+    script = "from bucketserve.kernels import library; print(library.build())"
+    child = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    printed = child.stdout.strip().splitlines()[-1] if child.stdout.strip() else "None"
+    if child.returncode != 0 or printed == "None":
+        logger.warning("the CPU kernels could not be built in a child process (%s); decoders use Inductor's "
+                       "loops and GEMM template", child.stderr.strip()[-500:] or "no library")
+        return None
+    return Path(printed)
+
+
+def _older_library_error(doing: str) -> RuntimeError:
+    """Where an older library, with fewer ops, is loaded: the rest cannot be added to the process."""
+    missing = [op for op in OPS if op not in registered_ops()]
+    return RuntimeError(
+        f"this process loaded an older bucketserve kernel library (from a directory compiled by an earlier "
+        f"version) that lacks {', '.join(missing)}; to {doing}, use a new Python process")
+
+
 def copy_into(graphs_dir: Path) -> None:
     """Put the built library beside graphs that call it (build() must have succeeded)."""
     shutil.copyfile(build(), graphs_dir / LIBRARY_FILE)
@@ -89,9 +121,12 @@ def copy_into(graphs_dir: Path) -> None:
 def load_from(graphs_dir: Path) -> None:
     """Register the kernels a directory's graphs call, from its own copy, unless this process has them."""
     library = graphs_dir / LIBRARY_FILE
-    if library.is_file() and not registered():
-        torch.ops.load_library(str(library))
-        _register_fake()
+    if not library.is_file() or registered():
+        return
+    if registered_ops():  # loading a second library that registers the namespace would abort the process
+        raise _older_library_error(f"load {graphs_dir.parent}")
+    torch.ops.load_library(str(library))
+    _register_fake()
 
 
 @functools.cache
