@@ -1,6 +1,10 @@
 """The engine through the vLLM-style API: bucket choice, continuous batching, invariance, limits."""
 from __future__ import annotations
 
+import json
+import shutil
+
+import numpy as np
 import pytest
 import torch
 import transformers
@@ -150,6 +154,48 @@ def test_outputs_carry_vllm_fields_and_metrics(eager_llm):
     assert completion.cumulative_logprob is not None and completion.cumulative_logprob < 0
     m = out.metrics
     assert m.arrival_time <= m.first_scheduled_time <= m.first_token_time <= m.finished_time
+
+
+def test_chat_encodes_the_template_without_adding_a_second_bos(eager_dir, tmp_path):
+    """A tokenizer that adds a BOS (as Llama's and Mistral's do) under a chat template that writes it too:
+    the prompt starts with one BOS, as in vLLM, which encodes the rendered template without special tokens."""
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(eager_dir / name, tmp_path / name)
+    bos = "<|endoftext|>"
+    tokenizer = json.loads((tmp_path / "tokenizer.json").read_text())
+    bos_id = next(t["id"] for t in tokenizer["added_tokens"] if t["content"] == bos)
+    tokenizer["post_processor"] = {
+        "type": "TemplateProcessing", "single": [{"SpecialToken": {"id": bos, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
+        "pair": [{"SpecialToken": {"id": bos, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 0}}],
+        "special_tokens": {bos: {"id": bos, "ids": [bos_id], "tokens": [bos]}}}
+    (tmp_path / "tokenizer.json").write_text(json.dumps(tokenizer))
+    config = json.loads((tmp_path / "tokenizer_config.json").read_text())
+    config.update(bos_token=bos, chat_template="{{ bos_token }}" + config["chat_template"])
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(config))
+    llm = LLM(model=str(eager_dir), tokenizer=str(tmp_path))
+    conversation = [{"role": "user", "content": "Hi"}]
+    out = llm.chat(conversation, SamplingParams(temperature=0, max_tokens=2), use_tqdm=False)[0]
+    templated = llm.get_tokenizer().apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
+    assert llm.get_tokenizer().encode(templated)[:2] == [bos_id, bos_id]  # what encoding with special tokens gives
+    assert out.prompt_token_ids[0] == bos_id and out.prompt_token_ids.count(bos_id) == 1
+
+
+def test_bad_params_fail_before_anything_runs_and_integer_ids_of_any_kind_are_accepted(eager_llm):
+    prompt = "Tell me about rain"
+    vocab = eager_llm.llm_engine.vocab_size
+    bad = [SamplingParams(logprobs=vocab + 1), SamplingParams(prompt_logprobs=vocab + 1),
+           SamplingParams(stop_token_ids=[vocab], min_tokens=1)]
+    for params in bad:
+        with pytest.raises(ValueError, match="vocabulary"):
+            eager_llm.generate([prompt, prompt], [GREEDY, params], use_tqdm=False)
+    with pytest.raises(ValueError, match="SamplingParams.seed"):
+        SamplingParams(seed=2 ** 64)
+    stats = eager_llm.get_stats()
+    assert stats["num_running"] == stats["num_waiting"] == 0 and not eager_llm.llm_engine.requests
+    ids = eager_llm.get_tokenizer().encode(prompt)
+    as_numpy = eager_llm.generate({"prompt_token_ids": np.array(ids)}, GREEDY, use_tqdm=False)[0]
+    assert as_numpy.prompt_token_ids == ids and all(type(t) is int for t in as_numpy.prompt_token_ids)
+    assert as_numpy.outputs[0].token_ids == eager_llm.generate({"prompt_token_ids": ids}, GREEDY, use_tqdm=False)[0].outputs[0].token_ids
 
 
 def test_chat_applies_the_template(eager_llm):

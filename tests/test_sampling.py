@@ -39,6 +39,7 @@ def greedy(llm, max_tokens=24, **kw):
     ("max_tokens", 0), ("min_tokens", -1), ("repetition_penalty", 0.0), ("presence_penalty", 2.5),
     ("frequency_penalty", -3.0), ("logprobs", -2), ("prompt_logprobs", -5), ("stop", [""]),
     ("stop_token_ids", [-1]), ("seed", "abc"), ("temperature", float("nan")),
+    ("logit_bias", {-1: 1.0}), ("logit_bias", {5: float("inf")}), ("logit_bias", [5]),
 ])
 def test_out_of_range_values_name_the_field(field, value):
     with pytest.raises(ValueError, match=f"SamplingParams.{field}"):
@@ -83,6 +84,14 @@ def test_stop_string_cuts_the_text(llm):
     assert out.finish_reason == "stop" and out.stop_reason == stop
     kept = greedy(llm, 32, stop=stop, include_stop_str_in_output=True).outputs[0]
     assert kept.text == full[:first + len(stop)]
+
+
+def test_a_stop_set_after_construction_counts(llm):
+    params = SamplingParams(temperature=0.0, max_tokens=24, ignore_eos=True)
+    text = llm.generate(PROMPT, params, use_tqdm=False)[0].outputs[0].text
+    params.stop = text[3:6]
+    cut = llm.generate(PROMPT, params, use_tqdm=False)[0].outputs[0]
+    assert cut.finish_reason == "stop" and cut.stop_reason == text[3:6] and text.startswith(cut.text)
 
 
 def test_stop_token_ids_and_max_tokens(llm):
@@ -147,6 +156,27 @@ def test_penalties_match_a_reference_from_hf_logits(llm, hf_model):
         generated.append(int(logits.argmax()))
     assert out.outputs[0].token_ids == generated
     assert generated != greedy(llm, 16).outputs[0].token_ids  # the penalties changed something
+
+
+def test_logit_bias_matches_a_reference_from_hf_logits_and_leaves_logprobs_raw(llm, hf_model):
+    plain = greedy(llm, 8, logprobs=0)
+    banned, forced = plain.outputs[0].token_ids[0], 7
+    bias = {banned: -100.0, forced: 3.0}
+    out = greedy(llm, 8, logit_bias=bias, logprobs=0)
+    prompt_ids = out.prompt_token_ids
+    generated: list[int] = []
+    for _ in range(8):
+        logits = hf_next_logits(hf_model, prompt_ids + generated)
+        raw_logprobs = torch.log_softmax(logits, dim=-1)
+        for token, value in bias.items():
+            logits[token] += value
+        generated.append(int(logits.argmax()))
+        # vLLM reports the raw model's log-probabilities, before any bias.
+        assert out.outputs[0].logprobs[len(generated) - 1][generated[-1]].logprob == pytest.approx(
+            float(raw_logprobs[generated[-1]]), abs=1e-4)
+    assert out.outputs[0].token_ids == generated and banned not in generated
+    with pytest.raises(ValueError, match="logit_bias token ids \\[100000\\] are outside the vocabulary"):
+        greedy(llm, 2, logit_bias={100000: 1.0})
 
 
 def test_logprobs_match_hf(llm, hf_model):

@@ -1,4 +1,4 @@
-"""From a step's logits to one token per sequence: penalties, min_tokens, temperature, top-k/p, min-p.
+"""From a step's logits to one token per sequence: penalties, logit_bias, min_tokens, temperature, top-k/p, min-p.
 
 Each row is sampled with its sequence's own generator, so a seeded request draws the same tokens whatever
 else shares its batch. Log-probabilities are those of the raw model output, as vLLM reports them.
@@ -56,11 +56,15 @@ class Sampler:
         return samples
 
     def _choose(self, raw_logits: torch.Tensor, raw_greedy: int, seq: Sequence) -> int:
-        """The row's token: raw_greedy (the raw logits' argmax) unless penalties, min_tokens or sampling apply."""
+        """The row's token: raw_greedy (the raw logits' argmax) unless penalties, logit_bias, min_tokens or
+        sampling apply."""
         params = seq.params
         logits = raw_logits
         if params.uses_penalties:
             logits = apply_penalties(logits, seq.prompt_token_ids, seq.output_token_ids, params)
+        if params.logit_bias:
+            ids, biases = zip(*params.logit_bias.items())
+            logits = logits.index_add(0, torch.tensor(ids), torch.tensor(biases, dtype=logits.dtype))
         if len(seq.output_token_ids) < params.min_tokens:
             banned = set(params.stop_token_ids) | (set() if params.ignore_eos else self.eos_token_ids)
             if banned:

@@ -1,9 +1,11 @@
 """SamplingParams with vLLM's names, defaults and range checks (ValueError naming the field)."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 GREEDY_EPSILON = 1e-5
+# torch.Generator.manual_seed's range; choice i of a request is seeded with seed + i.
+SEED_RANGE = (-(1 << 63), (1 << 64) - 1)
 
 
 @dataclass
@@ -27,17 +29,17 @@ class SamplingParams:
     frequency_penalty: float = 0.0
     logprobs: int | None = None  # top-k log-probabilities of each sampled token (-1: the whole vocabulary)
     prompt_logprobs: int | None = None
-    stop_strings: list[str] = field(init=False, repr=False)
+    logit_bias: dict[int, float] | None = None  # added to those tokens' logits before choosing (not to logprobs)
 
     def __post_init__(self) -> None:
-        self.stop_strings = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
         self.stop_token_ids = list(self.stop_token_ids or [])
         _check(_is_int(self.n) and self.n >= 1, "n", self.n, "an integer >= 1")
         _check(_is_num(self.temperature) and self.temperature >= 0, "temperature", self.temperature, ">= 0")
         _check(_is_num(self.top_p) and 0 < self.top_p <= 1, "top_p", self.top_p, "in (0, 1]")
         _check(_is_int(self.top_k) and self.top_k >= -1, "top_k", self.top_k, "an integer >= -1 (0 or -1: off)")
         _check(_is_num(self.min_p) and 0 <= self.min_p <= 1, "min_p", self.min_p, "in [0, 1]")
-        _check(self.seed is None or _is_int(self.seed), "seed", self.seed, "an integer or None")
+        _check(self.seed is None or (_is_int(self.seed) and SEED_RANGE[0] <= self.seed and self.seed + self.n - 1 <= SEED_RANGE[1]),
+               "seed", self.seed, f"an integer in [{SEED_RANGE[0]}, {SEED_RANGE[1]} - (n - 1)] or None")
         _check(self.max_tokens is None or (_is_int(self.max_tokens) and self.max_tokens >= 1), "max_tokens", self.max_tokens, "an integer >= 1 or None")
         _check(_is_int(self.min_tokens) and self.min_tokens >= 0, "min_tokens", self.min_tokens, "an integer >= 0")
         if self.max_tokens is not None and self.min_tokens > self.max_tokens:
@@ -49,6 +51,14 @@ class SamplingParams:
         _check(_is_num(self.frequency_penalty) and -2 <= self.frequency_penalty <= 2, "frequency_penalty", self.frequency_penalty, "in [-2, 2]")
         _check(self.logprobs is None or (_is_int(self.logprobs) and self.logprobs >= -1), "logprobs", self.logprobs, "an integer >= -1 or None")
         _check(self.prompt_logprobs is None or (_is_int(self.prompt_logprobs) and self.prompt_logprobs >= -1), "prompt_logprobs", self.prompt_logprobs, "an integer >= -1 or None")
+        _check(self.logit_bias is None or (isinstance(self.logit_bias, dict) and all(
+            _is_int(t) and t >= 0 and _is_num(b) and abs(b) != float("inf") for t, b in self.logit_bias.items())),
+            "logit_bias", self.logit_bias, "a dict of token id (>= 0) to a finite bias, or None")
+
+    @property
+    def stop_strings(self) -> list[str]:
+        """stop as a list, read when a request starts (so a stop set after construction counts too)."""
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
 
     @property
     def greedy(self) -> bool:

@@ -1,6 +1,7 @@
 """The vLLM-compatible offline API: LLM(model=...).generate / .chat / .get_stats."""
 from __future__ import annotations
 
+import operator
 import time
 from typing import Any, Sequence as Seq
 
@@ -71,22 +72,29 @@ class LLM:
         items = _as_prompt_list(prompts)
         params = _params_per_prompt(sampling_params, len(items))
         encoded = [self._encode(item) for item in items]
-        for _, token_ids in encoded:  # reject bad prompts before any request starts
+        for (_, token_ids), p in zip(encoded, params):  # reject bad prompts before any request starts
             self.llm_engine.validate_prompt(token_ids)
+            self.llm_engine.validate_params(p)
         ids = []
-        for (text, token_ids), p in zip(encoded, params):
-            ids.append(self.llm_engine.new_request_id())
-            self.llm_engine.add_request(ids[-1], text, token_ids, p)
+        try:
+            for (text, token_ids), p in zip(encoded, params):
+                ids.append(self.llm_engine.new_request_id())
+                self.llm_engine.add_request(ids[-1], text, token_ids, p)
+        except BaseException:  # leave nothing of this call in the engine
+            for request_id in ids:
+                self.llm_engine.abort_request(request_id)
+            raise
         return self._run(ids, use_tqdm)
 
     def chat(self, messages, sampling_params=None, use_tqdm: bool = True, chat_template: str | None = None,
              add_generation_prompt: bool = True) -> list[RequestOutput]:
         conversations = [messages] if messages and isinstance(messages[0], dict) else list(messages)
-        prompts = [
-            self.tokenizer.apply_chat_template(conv, chat_template=chat_template, tokenize=False,
-                                               add_generation_prompt=add_generation_prompt)
-            for conv in conversations
-        ]
+        prompts = []
+        for conv in conversations:
+            text = self.tokenizer.apply_chat_template(conv, chat_template=chat_template, tokenize=False,
+                                                      add_generation_prompt=add_generation_prompt)
+            # The template writes the special tokens (BOS included) itself: encoding must not add them again.
+            prompts.append({"prompt": text, "prompt_token_ids": self.tokenizer.encode(text, add_special_tokens=False)})
         return self.generate(prompts, sampling_params, use_tqdm)
 
     def get_stats(self) -> dict:
@@ -96,7 +104,7 @@ class LLM:
         if isinstance(item, str):
             return item, self.tokenizer.encode(item, add_special_tokens=True)
         if isinstance(item, dict) and "prompt_token_ids" in item:
-            return item.get("prompt"), list(item["prompt_token_ids"])
+            return item.get("prompt"), [_as_token_id(t) for t in item["prompt_token_ids"]]
         if isinstance(item, dict) and "prompt" in item:
             return item["prompt"], self.tokenizer.encode(item["prompt"], add_special_tokens=True)
         raise TypeError(f"a prompt must be a str or a dict with 'prompt' or 'prompt_token_ids', got {type(item).__name__}")
@@ -130,6 +138,15 @@ class LLM:
                 bar.set_postfix_str(
                     f"est. speed input: {prompt_tokens / elapsed:.2f} toks/s, output: {output_tokens / elapsed:.2f} toks/s"
                 )
+
+
+def _as_token_id(token):
+    """An integer of any kind (numpy's, torch's) as a Python int; anything else as given, for
+    validate_prompt to reject."""
+    try:
+        return operator.index(token)
+    except TypeError:
+        return token
 
 
 def _as_prompt_list(prompts) -> list:
