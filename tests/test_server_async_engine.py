@@ -111,7 +111,7 @@ def test_a_rejected_prompt_fails_alone(llm_engine):
         with pytest.raises(ValueError, match="outside the vocabulary"):
             await engine.add_request("bad", None, [engine.vocab_size + 5], SamplingParams(max_tokens=3))
         outputs = [output async for output in good]
-        assert engine.num_waiting_requests == 0
+        assert engine.num_unfinished_requests == 0
         return outputs[-1]
 
     assert len(run_with_engine(llm_engine, body).outputs[0].token_ids) == 3

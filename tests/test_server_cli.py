@@ -64,7 +64,7 @@ def test_api_key_is_required_on_v1_routes(cli_server):
 
 def test_requests_over_max_waiting_get_503(cli_server):
     _, base_url, _ = cli_server
-    body = {"prompt": "Keep going", "max_tokens": 60, "ignore_eos": True}
+    body = {"prompt": "Keep going", "max_tokens": 200, "ignore_eos": True}
 
     async def burst():
         async with httpx.AsyncClient(base_url=base_url, headers=AUTH, timeout=60) as client:
@@ -73,7 +73,9 @@ def test_requests_over_max_waiting_get_503(cli_server):
     responses = asyncio.run(burst())
     statuses = [r.status_code for r in responses]
     assert set(statuses) <= {200, 503}, statuses
-    assert 200 in statuses and 503 in statuses, statuses
+    assert 503 in statuses, statuses
+    # The 8 running slots (batch_size 8) and the 2 places of --max-waiting 2 are all served.
+    assert statuses.count(200) >= 10, statuses
     refused = next(r for r in responses if r.status_code == 503).json()["error"]
     assert refused["type"] == "service_unavailable_error" and "--max-waiting" in refused["message"]
     # Once the burst has drained, requests are admitted again.

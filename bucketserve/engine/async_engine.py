@@ -56,7 +56,7 @@ class RequestStream:
 
     def __init__(self, request_id: str):
         self.request_id = request_id
-        self.started = False  # got its first item: no longer counted as waiting
+        self.ended = False  # its last item was delivered: no longer counted as unfinished
         self.finished = False
         self._items: asyncio.Queue[RequestOutput | BaseException] = asyncio.Queue()
 
@@ -110,6 +110,7 @@ class AsyncLLMEngine:
         self._observer = observer or EngineObserver()
         # Immutable limits, read here once so the event loop never has to ask the engine.
         self.max_model_len = engine.config.max_model_len
+        self.max_num_seqs = engine.config.max_num_seqs
         self.vocab_size = engine.vocab_size
         self.stats: dict = engine.get_stats()  # replaced (never mutated) by the engine thread after each step
         self._commands: queue.SimpleQueue = queue.SimpleQueue()
@@ -117,7 +118,8 @@ class AsyncLLMEngine:
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping = False
-        self.num_waiting_requests = 0  # event loop only: added and not yet started (no first output)
+        # Event loop only: requests added and not yet ended, running or waiting for a slot.
+        self.num_unfinished_requests = 0
 
     # ---- event loop side ----
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -137,7 +139,7 @@ class AsyncLLMEngine:
             raise EngineStoppedError("the engine is shutting down; retry on another server")
         stream = RequestStream(request_id)
         accepted = self._loop.create_future()
-        self.num_waiting_requests += 1
+        self.num_unfinished_requests += 1
         self._commands.put(_Add(request_id, prompt, list(prompt_token_ids), params, stream, accepted))
         try:
             await accepted
@@ -161,9 +163,9 @@ class AsyncLLMEngine:
 
     def _deliver(self, deliveries: list[tuple[RequestStream, RequestOutput | BaseException]]) -> None:
         for stream, item in deliveries:
-            if not stream.started:
-                stream.started = True
-                self.num_waiting_requests -= 1
+            if not stream.ended and (isinstance(item, BaseException) or item.finished):
+                stream.ended = True
+                self.num_unfinished_requests -= 1
             stream.put(item)
 
     # ---- engine thread side ----

@@ -1,19 +1,27 @@
-"""What every handler needs, built once per server: the async engine, the event loop's own tokenizer,
-the metrics, and the serving options (model name, queue limit, API key)."""
+"""What every handler needs, built once per server: the async engine, the tokenizers (one for the event
+loop, one for the prompt thread), the metrics, and the serving options (model name, queue limit, API key)."""
 from __future__ import annotations
 
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 from ...engine.async_engine import AsyncLLMEngine
 from .errors import OpenAIError, bad_request
 from .metrics import ServerMetrics
 
+T = TypeVar("T")
+
 
 @dataclass
 class ServerContext:
     engine: AsyncLLMEngine
-    tokenizer: Any  # a copy of its own: HF fast tokenizers must not be shared with the engine thread
+    # HF fast tokenizers must not be shared between threads, so each user has its own copy: the engine
+    # thread, the event loop (decoding output tokens: short work), and the prompt thread, which tokenizes
+    # and detokenizes requests' prompts (up to MAX_PROMPT_CHARS, seconds of work) off the event loop.
+    tokenizer: Any
+    prompt_tokenizer: Any
     metrics: ServerMetrics
     served_model_name: str
     model_dir: str
@@ -21,10 +29,16 @@ class ServerContext:
     api_key: str | None = None
     max_model_len: int = field(init=False)
     vocab_size: int = field(init=False)
+    _prompt_thread: ThreadPoolExecutor = field(init=False)
 
     def __post_init__(self) -> None:
         self.max_model_len = self.engine.max_model_len
         self.vocab_size = self.engine.vocab_size
+        self._prompt_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bucketserve-prompts")
+
+    async def in_prompt_thread(self, work: Callable[..., T], *args) -> T:
+        """work(*args) on the prompt thread (which owns prompt_tokenizer), the event loop free meanwhile."""
+        return await asyncio.get_running_loop().run_in_executor(self._prompt_thread, work, *args)
 
     def check_model(self, name: str | None) -> None:
         if name is not None and name != self.served_model_name:
@@ -32,7 +46,11 @@ class ServerContext:
                               param="model", code="model_not_found")
 
     def check_capacity(self, new_requests: int) -> None:
-        waiting = self.engine.num_waiting_requests
-        if waiting + new_requests > self.max_waiting:
-            raise OpenAIError(503, f"the server is busy: {waiting} requests already wait for a slot and --max-waiting is "
-                                   f"{self.max_waiting}; retry later", code="server_overloaded")
+        """503 unless the new requests (one per prompt) find a running slot or a place among the --max-waiting
+        that wait for one. A request counts once whatever its n, so a server with room takes any n."""
+        slots = self.engine.max_num_seqs
+        unfinished = self.engine.num_unfinished_requests
+        if unfinished + new_requests > slots + self.max_waiting:
+            raise OpenAIError(503, f"the server is busy: {min(unfinished, slots)} requests hold its {slots} running slots, "
+                                   f"{max(unfinished - slots, 0)} wait for one and --max-waiting is {self.max_waiting}; "
+                                   "retry later", code="server_overloaded")

@@ -1,5 +1,6 @@
 """From a request's prompt (text, token ids, or chat messages) to checked token ids: inside the
-vocabulary, and leaving room for max_tokens within max_model_len."""
+vocabulary, and leaving room for max_tokens within max_model_len. Tokenizing runs on the prompt thread
+(ServerContext.in_prompt_thread), with its own tokenizer."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ def completion_prompts(ctx: ServerContext, prompt) -> list[Prompt]:
     prompts = []
     for item in items:
         if isinstance(item, str):
-            prompts.append(Prompt(item, ctx.tokenizer.encode(item, add_special_tokens=True)))
+            prompts.append(Prompt(item, ctx.prompt_tokenizer.encode(item, add_special_tokens=True)))
         else:
             prompts.append(Prompt(None, list(item)))
     return prompts
@@ -33,14 +34,14 @@ def completion_prompts(ctx: ServerContext, prompt) -> list[Prompt]:
 def chat_prompt(ctx: ServerContext, messages: list[ChatMessage], add_generation_prompt: bool) -> Prompt:
     text = render_chat(ctx, messages, add_generation_prompt)
     # The chat template writes any special tokens itself.
-    return Prompt(text, ctx.tokenizer.encode(text, add_special_tokens=False))
+    return Prompt(text, ctx.prompt_tokenizer.encode(text, add_special_tokens=False))
 
 
 def render_chat(ctx: ServerContext, messages: list[ChatMessage], add_generation_prompt: bool) -> str:
     conversation = [{"role": m.role, "content": _content_text(m.content), **({"name": m.name} if m.name else {})}
                     for m in messages]
     try:
-        return ctx.tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=add_generation_prompt)
+        return ctx.prompt_tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=add_generation_prompt)
     except Exception as error:  # a template may reject a conversation (roles out of order, ...): the caller's input
         raise bad_request(f"the model's chat template rejected these messages: {error}", param="messages") from error
 

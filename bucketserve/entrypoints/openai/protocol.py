@@ -14,6 +14,7 @@ MAX_CHOICES = 16  # n
 MAX_LOGPROBS = 20  # logprobs / top_logprobs, as OpenAI and vLLM allow
 MAX_PROMPTS = 64  # prompts in one completions request
 MAX_STOP_STRINGS = 32
+MAX_LOGIT_BIAS = 1024  # tokens in logit_bias (OpenAI allows 300)
 MAX_PROMPT_CHARS = 1 << 22
 MAX_PROMPT_TOKENS = 1 << 20
 MAX_SEED = (1 << 63) - 1 - MAX_CHOICES  # the engine seeds choice i with seed + i
@@ -54,6 +55,8 @@ class SamplingFields(RequestModel):
     presence_penalty: float | None = Field(None, ge=-2, le=2)
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
     repetition_penalty: float | None = Field(None, ge=0.01, le=100)
+    # Token id (a string in JSON) -> bias added to its logit, OpenAI's range.
+    logit_bias: Annotated[dict[str, Annotated[float, Field(ge=-100, le=100)]], Field(max_length=MAX_LOGIT_BIAS)] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = None
@@ -68,6 +71,7 @@ class CompletionRequest(SamplingFields):
     logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
     echo: bool = False
     suffix: None = None  # not supported; any value is a 400
+    best_of: int | None = None  # only None or n: more candidates than returned choices is not supported
 
 
 class TextPart(RequestModel):
@@ -88,6 +92,11 @@ class ChatCompletionRequest(SamplingFields):
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
     add_generation_prompt: bool = True
+    # Not supported, and a request that sets them expects what they do, so any value but "off" is a 400.
+    tools: list | None = None
+    functions: list | None = None
+    tool_choice: str | dict | None = None
+    response_format: dict | None = None
 
 
 class TokenizeCompletionRequest(RequestModel):

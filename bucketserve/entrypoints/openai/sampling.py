@@ -1,10 +1,11 @@
-"""From a request's sampling fields to the engine's SamplingParams (OpenAI defaults where a field is null)."""
+"""From a request's sampling fields to the engine's SamplingParams (OpenAI defaults where a field is null),
+and the 400 for options we accept in the schema but do not implement."""
 from __future__ import annotations
 
 from ...engine.sampling_params import SamplingParams
 from .context import ServerContext
 from .errors import bad_request
-from .protocol import SamplingFields
+from .protocol import ChatCompletionRequest, CompletionRequest, SamplingFields
 
 
 def sampling_params(ctx: ServerContext, body: SamplingFields, max_tokens: int, logprobs: int | None,
@@ -13,6 +14,7 @@ def sampling_params(ctx: ServerContext, body: SamplingFields, max_tokens: int, l
     if bad_stop_ids:
         raise bad_request(f"stop_token_ids {bad_stop_ids[:5]} are outside the vocabulary [0, {ctx.vocab_size})",
                           param="stop_token_ids")
+    logit_bias = _logit_bias(ctx, body.logit_bias)
     try:
         return SamplingParams(
             n=body.n,
@@ -33,9 +35,44 @@ def sampling_params(ctx: ServerContext, body: SamplingFields, max_tokens: int, l
             repetition_penalty=_or(body.repetition_penalty, 1.0),
             logprobs=logprobs,
             prompt_logprobs=prompt_logprobs,
+            logit_bias=logit_bias,
         )
     except ValueError as error:  # SamplingParams names the field and the rule
         raise bad_request(str(error)) from error
+
+
+def reject_unsupported(body: CompletionRequest | ChatCompletionRequest) -> None:
+    """A request that sets an option we do not implement expects what it does: say so rather than ignore it."""
+    if body.stream_options is not None and not body.stream:
+        raise bad_request("stream_options is only allowed with stream=true", param="stream_options")
+    if isinstance(body, CompletionRequest):
+        if body.best_of is not None and body.best_of != body.n:
+            raise bad_request(f"best_of {body.best_of} (more candidates than the n={body.n} returned) is not supported; "
+                              "leave it unset or equal to n", param="best_of")
+        return
+    for name in ("tools", "functions"):
+        if getattr(body, name):
+            raise bad_request(f"{name} (function calling) is not supported by this server", param=name)
+    if body.tool_choice not in (None, "none", "auto"):
+        raise bad_request(f"tool_choice {body.tool_choice!r} needs function calling, which this server does not support",
+                          param="tool_choice")
+    if body.response_format is not None and body.response_format.get("type") != "text":
+        raise bad_request(f"response_format {body.response_format.get('type')!r} (structured output) is not supported; "
+                          "only {\"type\": \"text\"}", param="response_format")
+
+
+def _logit_bias(ctx: ServerContext, logit_bias: dict[str, float] | None) -> dict[int, float] | None:
+    if not logit_bias:
+        return None
+    try:
+        ids = {int(token): bias for token, bias in logit_bias.items()}
+    except ValueError as error:
+        raise bad_request(f"logit_bias keys must be token ids, got {list(logit_bias)[:5]}", param="logit_bias") from error
+    outside = [token for token in ids if not 0 <= token < ctx.vocab_size]
+    if outside:
+        raise bad_request(f"logit_bias token ids {outside[:5]} are outside the vocabulary [0, {ctx.vocab_size})",
+                          param="logit_bias")
+    return ids
 
 
 def _or(value, default):

@@ -10,9 +10,11 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from ... import __version__
 from ...engine.async_engine import AsyncLLMEngine
 from .context import ServerContext
 from .errors import OpenAIError, install_error_handlers
@@ -39,17 +41,19 @@ def load_server_context(model_dir: str | Path, served_model_name: str | None = N
     from ..llm import LLM
 
     if max_waiting < 0:
-        raise ValueError(f"max_waiting is {max_waiting}; give 0 (no queue) or more")
+        raise ValueError(f"max_waiting is {max_waiting}; give 0 (no queue: only what the running slots hold) or more")
     llm = LLM(model=str(model_dir))
     metrics = ServerMetrics()
     engine = AsyncLLMEngine(llm.llm_engine, observer=metrics)
     metrics.watch(engine)
-    return ServerContext(engine=engine, tokenizer=AutoTokenizer.from_pretrained(str(model_dir)), metrics=metrics,
+    return ServerContext(engine=engine, tokenizer=AutoTokenizer.from_pretrained(str(model_dir)),
+                         prompt_tokenizer=AutoTokenizer.from_pretrained(str(model_dir)), metrics=metrics,
                          served_model_name=served_model_name or Path(model_dir).name, model_dir=str(model_dir),
                          max_waiting=max_waiting, api_key=api_key)
 
 
-def build_app(ctx: ServerContext) -> FastAPI:
+def build_app(ctx: ServerContext, allowed_origins: list[str] | None = None) -> FastAPI:
+    """The app over ctx; allowed_origins: the browser origins CORS lets call it (default all, as vLLM)."""
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         ctx.engine.start(asyncio.get_running_loop())
@@ -62,6 +66,7 @@ def build_app(ctx: ServerContext) -> FastAPI:
                   lifespan=lifespan, responses=ERROR_RESPONSES)
     app.state.ctx = ctx
     app.add_middleware(EndCancelledRequests)
+    app.add_middleware(CORSMiddleware, allow_origins=allowed_origins or ["*"], allow_methods=["*"], allow_headers=["*"])
     install_error_handlers(app)
     app.include_router(_openai_routes(ctx))
     app.include_router(_extra_routes(ctx))
@@ -110,10 +115,19 @@ def _openai_routes(ctx: ServerContext) -> APIRouter:
 
     router = APIRouter(prefix="/v1", dependencies=[Depends(check_api_key)])
 
+    def card() -> ModelCard:
+        return ModelCard(id=ctx.served_model_name, root=ctx.model_dir, max_model_len=ctx.max_model_len)
+
     @router.get("/models", response_model=ModelList)
     async def models() -> JSONResponse:
-        card = ModelCard(id=ctx.served_model_name, root=ctx.model_dir, max_model_len=ctx.max_model_len)
-        return JSONResponse(dump(ModelList(data=[card])))
+        return JSONResponse(dump(ModelList(data=[card()])))
+
+    @router.get("/models/{model_id:path}", response_model=ModelCard)
+    async def model(model_id: str) -> JSONResponse:
+        if model_id != ctx.served_model_name:
+            raise OpenAIError(404, f"model {model_id!r} is not served here; use {ctx.served_model_name!r}",
+                              param="model", code="model_not_found")
+        return JSONResponse(dump(card()))
 
     @router.post("/completions")
     async def completions(body: CompletionRequest, request: Request) -> Response:
@@ -133,13 +147,17 @@ def _extra_routes(ctx: ServerContext) -> APIRouter:
     async def health() -> Response:
         return Response(status_code=200 if ctx.engine.is_running else 503)
 
+    @router.get("/version")
+    async def version() -> JSONResponse:
+        return JSONResponse({"version": __version__})
+
     @router.post("/tokenize")
     async def tokenize_route(body: TokenizeCompletionRequest | TokenizeChatRequest) -> JSONResponse:
-        return JSONResponse(dump(tokenize(ctx, body)))
+        return JSONResponse(dump(await ctx.in_prompt_thread(tokenize, ctx, body)))
 
     @router.post("/detokenize")
     async def detokenize_route(body: DetokenizeRequest) -> JSONResponse:
-        return JSONResponse(dump(detokenize(ctx, body)))
+        return JSONResponse(dump(await ctx.in_prompt_thread(detokenize, ctx, body)))
 
     @router.get("/tokenizer_info")
     async def tokenizer_info_route() -> JSONResponse:
@@ -160,7 +178,10 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on /v1 routes")
     parser.add_argument("--served-model-name", default=None, help="the model id clients use (default: the directory name)")
     parser.add_argument("--max-waiting", type=int, default=DEFAULT_MAX_WAITING,
-                        help="requests allowed to wait for a running slot; more get 503")
+                        help="requests (one per prompt) allowed to wait for a running slot (the compiled batch size) "
+                             "before new ones get 503; 0: only what the running slots hold")
+    parser.add_argument("--allowed-origins", nargs="+", default=["*"], metavar="ORIGIN",
+                        help="browser origins CORS lets call the server (default: any)")
     parser.add_argument("--shutdown-timeout", type=float, default=DEFAULT_SHUTDOWN_TIMEOUT_S,
                         help="seconds in-flight requests get to finish on SIGINT/SIGTERM before they are aborted")
     parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
@@ -177,7 +198,7 @@ def run_server(args: argparse.Namespace) -> None:
     # After a clean shutdown uvicorn re-raises the signal it caught, so SIGTERM ends the process with the
     # usual 143; SIGINT comes back as KeyboardInterrupt, which needs no traceback.
     try:
-        uvicorn.run(build_app(ctx), host=args.host, port=args.port, log_level=args.log_level,
+        uvicorn.run(build_app(ctx, args.allowed_origins), host=args.host, port=args.port, log_level=args.log_level,
                     timeout_graceful_shutdown=args.shutdown_timeout)
     except KeyboardInterrupt:
         logger.info("stopped by SIGINT")

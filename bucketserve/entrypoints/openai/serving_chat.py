@@ -17,7 +17,7 @@ from .logprobs import chat_logprobs
 from .prompts import chat_prompt, check_prompt
 from .protocol import (AssistantMessage, ChatChoice, ChatChunkChoice, ChatCompletionChunk, ChatCompletionRequest,
                        ChatCompletionResponse, ChatLogprobs, DeltaMessage, Usage, dump)
-from .sampling import sampling_params
+from .sampling import reject_unsupported, sampling_params
 from .sse import DONE, EventStreamResponse, event
 
 
@@ -27,6 +27,7 @@ class ChatRun:
     def __init__(self, ctx: ServerContext, body: ChatCompletionRequest):
         self.ctx = ctx
         self.body = body
+        reject_unsupported(body)
         if body.top_logprobs is not None and not body.logprobs:
             raise bad_request("top_logprobs needs logprobs=true", param="top_logprobs")
         self.prompt = chat_prompt(ctx, body.messages, body.add_generation_prompt)
@@ -56,7 +57,7 @@ class ChatRun:
 
 async def create_chat_completion(ctx: ServerContext, body: ChatCompletionRequest, request: Request) -> Response:
     ctx.check_model(body.model)
-    run = ChatRun(ctx, body)
+    run = await ctx.in_prompt_thread(ChatRun, ctx, body)  # renders and tokenizes: off the event loop
     streams = await start_requests(ctx, run.request_id, [run.prompt], [run.params])
     if body.stream:
         return EventStreamResponse(_stream(run, streams), on_close=lambda: abort_unfinished(ctx, streams))

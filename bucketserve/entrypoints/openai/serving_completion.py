@@ -19,7 +19,7 @@ from .generation import ENGINE_ERRORS, abort_unfinished, await_final_outputs, en
 from .logprobs import completion_logprobs
 from .prompts import Prompt, check_prompt, completion_prompts
 from .protocol import CompletionChoice, CompletionRequest, CompletionResponse, Usage, dump
-from .sampling import sampling_params
+from .sampling import reject_unsupported, sampling_params
 from .sse import DONE, EventStreamResponse, event
 
 
@@ -29,6 +29,7 @@ class CompletionRun:
     def __init__(self, ctx: ServerContext, body: CompletionRequest):
         self.ctx = ctx
         self.body = body
+        reject_unsupported(body)
         self.echo_only = body.max_tokens == 0
         if self.echo_only and not body.echo:
             raise bad_request("max_tokens=0 generates nothing; use it with echo=true (to score the prompt) or ask "
@@ -62,9 +63,10 @@ class CompletionRun:
         prompt = self.prompts[prompt_index]
         return prompt.echo_text(self.ctx.tokenizer), prompt.token_ids, output.prompt_logprobs or [None] * len(prompt.token_ids)
 
-    def choice(self, prompt_index: int, output: RequestOutput, completion: CompletionOutput,
-               sent_chars: int = 0, sent_tokens: int = 0, with_echo: bool = True, finished: bool = True) -> CompletionChoice:
-        """The text (and log-probabilities) after what was already sent; finished adds the finish reason."""
+    def choice(self, prompt_index: int, output: RequestOutput, completion: CompletionOutput, sent_chars: int = 0,
+               sent_tokens: int = 0, text_offset: int = 0, with_echo: bool = True, finished: bool = True) -> CompletionChoice:
+        """The text (and log-probabilities, their text offsets from text_offset: the tokens' text already sent)
+        after what was already sent; finished adds the finish reason."""
         text, token_ids, positions = self.echo_part(prompt_index, output) if with_echo else ("", [], [])
         if not self.echo_only:
             text += completion.text[sent_chars:]
@@ -72,7 +74,7 @@ class CompletionRun:
             positions = positions + (completion.logprobs or [])[sent_tokens:]
         logprobs = None
         if self.body.logprobs is not None:
-            logprobs = completion_logprobs(token_ids, positions, self.ctx.tokenizer)
+            logprobs = completion_logprobs(token_ids, positions, self.ctx.tokenizer, text_offset)
         reason = None
         if finished:
             reason = "length" if self.echo_only else completion.finish_reason
@@ -82,7 +84,7 @@ class CompletionRun:
 
 async def create_completion(ctx: ServerContext, body: CompletionRequest, request: Request) -> Response:
     ctx.check_model(body.model)
-    run = CompletionRun(ctx, body)
+    run = await ctx.in_prompt_thread(CompletionRun, ctx, body)  # tokenizes: off the event loop
     streams = await start_requests(ctx, run.request_id, run.prompts, run.params)
     if body.stream:
         return EventStreamResponse(_stream(run, streams), on_close=lambda: abort_unfinished(ctx, streams))
@@ -99,6 +101,7 @@ async def _stream(run: CompletionRun, streams):
     options = run.body.stream_options
     sent_chars: dict[int, int] = {}
     sent_tokens: dict[int, int] = {}
+    sent_offsets: dict[int, int] = {}  # where the next token's text_offset starts, as in the whole response
     finished: set[int] = set()
     latest: list[RequestOutput | None] = [None] * len(streams)
     try:
@@ -115,8 +118,11 @@ async def _stream(run: CompletionRun, streams):
                 new_logprobs = run.body.logprobs is not None and len(completion.token_ids) > tokens
                 if not (done or first or new_text or new_logprobs):
                     continue
-                choice = run.choice(prompt_index, output, completion, chars, tokens, with_echo=first, finished=done)
+                choice = run.choice(prompt_index, output, completion, chars, tokens, sent_offsets.get(index, 0),
+                                    with_echo=first, finished=done)
                 sent_chars[index], sent_tokens[index] = len(completion.text), len(completion.token_ids)
+                if choice.logprobs is not None and choice.logprobs.tokens:
+                    sent_offsets[index] = choice.logprobs.text_offset[-1] + len(choice.logprobs.tokens[-1])
                 if done:
                     finished.add(index)
                 usage = run.usage(latest) if options and options.continuous_usage_stats else None

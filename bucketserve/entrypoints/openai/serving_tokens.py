@@ -1,5 +1,5 @@
 """vLLM's tokenizer endpoints: POST /tokenize (a prompt, or chat messages through the template),
-POST /detokenize, GET /tokenizer_info."""
+POST /detokenize (both run on the prompt thread), GET /tokenizer_info."""
 from __future__ import annotations
 
 from .context import ServerContext
@@ -13,9 +13,9 @@ def tokenize(ctx: ServerContext, body: TokenizeCompletionRequest | TokenizeChatR
     ctx.check_model(body.model)
     if isinstance(body, TokenizeChatRequest):
         text = render_chat(ctx, body.messages, body.add_generation_prompt)
-        tokens = ctx.tokenizer.encode(text, add_special_tokens=False)
+        tokens = ctx.prompt_tokenizer.encode(text, add_special_tokens=False)
     else:
-        tokens = ctx.tokenizer.encode(body.prompt, add_special_tokens=body.add_special_tokens)
+        tokens = ctx.prompt_tokenizer.encode(body.prompt, add_special_tokens=body.add_special_tokens)
     return TokenizeResponse(count=len(tokens), max_model_len=ctx.max_model_len, tokens=tokens)
 
 
@@ -24,7 +24,7 @@ def detokenize(ctx: ServerContext, body: DetokenizeRequest) -> DetokenizeRespons
     bad = [token for token in body.tokens if token >= ctx.vocab_size]
     if bad:
         raise bad_request(f"token ids {bad[:5]} are outside the vocabulary [0, {ctx.vocab_size})", param="tokens")
-    return DetokenizeResponse(prompt=ctx.tokenizer.decode(body.tokens))
+    return DetokenizeResponse(prompt=ctx.prompt_tokenizer.decode(body.tokens))
 
 
 def tokenizer_info(ctx: ServerContext) -> TokenizerInfo:
