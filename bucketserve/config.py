@@ -6,6 +6,8 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+
 from .models.config import ModelConfig
 from .models.tensor_parallel import check_shardable
 
@@ -50,23 +52,29 @@ OPTION_NAMES = tuple(f.name for f in dataclasses.fields(CompileConfig))
 def split_rbln_aliases(options: dict[str, Any]) -> dict[str, Any]:
     """Accept `rbln_batch_size=8` as `batch_size=8` (optimum-rbln spelling); both at once is an error."""
     plain: dict[str, Any] = {}
+    spellings: dict[str, str] = {}
     for name, value in options.items():
         key = name[len(RBLN_PREFIX):] if name.startswith(RBLN_PREFIX) else name
-        if key == "config" and name == "rbln_config":  # optimum-rbln's rbln_config={...} dict
-            for inner, inner_value in dict(value).items():
+        if key == "config" and name == "rbln_config":  # optimum-rbln's rbln_config={...} dict, or None
+            if value is None:
+                continue
+            if not isinstance(value, dict):
+                raise ValueError(f"rbln_config must be a dict of compile options, got {value!r}")
+            for inner, inner_value in value.items():
                 inner_key = inner[len(RBLN_PREFIX):] if inner.startswith(RBLN_PREFIX) else inner
-                _put(plain, inner_key, inner_value, f"rbln_config[{inner!r}]")
+                _put(plain, spellings, inner_key, inner_value, f"rbln_config[{inner!r}]")
             continue
-        _put(plain, key, value, name)
+        _put(plain, spellings, key, value, name)
     return plain
 
 
-def _put(plain: dict[str, Any], key: str, value: Any, spelled: str) -> None:
+def _put(plain: dict[str, Any], spellings: dict[str, str], key: str, value: Any, spelled: str) -> None:
     if key in plain:
-        raise ValueError(f"option {key!r} was given twice (as {key!r} and {RBLN_PREFIX}{key!r} or in rbln_config); give it once")
+        raise ValueError(f"option {key!r} was given twice (as {spellings[key]} and as {spelled}); give it once")
     if key not in OPTION_NAMES:
         raise ValueError(f"unknown compile option {spelled!r}; known options: {', '.join(OPTION_NAMES)}")
     plain[key] = value
+    spellings[key] = spelled
 
 
 def _positive_int(name: str, value: Any) -> int:
@@ -135,6 +143,9 @@ def build_compile_config(options: dict[str, Any], model_config: ModelConfig) -> 
     device = o.get("device", "cpu")
     if device not in DEVICES:
         raise ValueError(f"unknown device {device!r}; choose one of {', '.join(DEVICES)}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device 'cuda' was asked for, but this torch ({torch.__version__}) sees no CUDA device; "
+                         "compile with device='cpu', or on a machine with a GPU and a CUDA build of torch")
     compiler = o.get("compiler", "aoti")
     if compiler not in COMPILERS:
         raise ValueError(f"unknown compiler {compiler!r}; choose one of {', '.join(COMPILERS)}")

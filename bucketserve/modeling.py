@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from .compiler.build import build_compiled_directory
-from .compiler.manifest import read_manifest, verify_manifest
+from .compiler.manifest import read_manifest, verify_manifest, weight_like_files
 from .compiler.tensor_parallel import compile_tensor_parallel
 from .config import CompileConfig, build_compile_config, normalize_decoder_batch_sizes, split_rbln_aliases
 from .models.checkpoint import map_safetensors, read_hf_config, resolve_model_dir
@@ -114,6 +114,14 @@ class BucketModelForCausalLM:
         target = Path(save_directory)
         if target.resolve() == self.directory.resolve():
             return
+        if target.resolve().is_relative_to(self.directory.resolve()):
+            raise ValueError(f"cannot save into {target}, inside the model's own directory {self.directory}; "
+                             "choose a directory outside it")
+        # Weights left in the target by another model would be loaded beside or instead of these.
+        foreign = sorted(p.name for p in weight_like_files(target) if not (self.directory / p.name).is_file())
+        if foreign:
+            raise FileExistsError(f"{target} already holds weight files of another model ({', '.join(foreign)}); "
+                                  "save to a new or empty directory, or remove them")
         target.mkdir(parents=True, exist_ok=True)
         shutil.copytree(self.directory, target, dirs_exist_ok=True)
 
@@ -152,7 +160,9 @@ class BucketModelForCausalLM:
 
     def prefill(self, token_ids: list[int], block_table: list[int], start: int = 0, return_hidden: bool = False) -> PrefillOutput:
         """Prefill one sequence into its KV blocks, chunk by chunk; returns the next-token logits."""
-        return self.runner.prefill(list(token_ids), list(block_table), start, return_hidden)
+        token_ids = list(token_ids)
+        self._check_token_ids(token_ids)
+        return self.runner.prefill(token_ids, list(block_table), start, return_hidden)
 
     def decode(self, input_ids: list[int], positions: list[int], block_tables: list[list[int]]) -> torch.Tensor:
         """One decode step for N sequences on the smallest decoder >= N; returns [N, vocab] logits."""
@@ -161,15 +171,28 @@ class BucketModelForCausalLM:
                 f"decode takes one input id, position and block table per sequence; got "
                 f"{len(input_ids)}, {len(positions)} and {len(block_tables)}"
             )
-        return self.runner.decode(list(input_ids), list(positions), [list(t) for t in block_tables])
+        input_ids = list(input_ids)
+        self._check_token_ids(input_ids)
+        return self.runner.decode(input_ids, list(positions), [list(t) for t in block_tables])
+
+    def _check_token_ids(self, token_ids: list[int]) -> None:
+        """An id outside the vocabulary would index past the embedding inside a graph (a C++ trace per rank)."""
+        vocab_size = self.model_config.vocab_size
+        outside = [t for t in token_ids if not 0 <= t < vocab_size]
+        if outside:
+            raise ValueError(f"token ids {outside[:5]} are outside the vocabulary [0, {vocab_size})")
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.runner.compute_logits(hidden)
 
-    def generate(self, input_ids, max_new_tokens: int = 20, attention_mask=None, eos_token_id=None, pad_token_id=None):
-        """HF-style greedy generation for up to batch_size prompts; returns [batch, prompt_len + new] ids."""
+    def generate(self, input_ids, max_new_tokens: int = 20, attention_mask=None, eos_token_id=None, pad_token_id=None,
+                 do_sample: bool = False):
+        """HF-style greedy generation for up to batch_size prompts; returns [batch, prompt_len + new] ids.
+        do_sample=False is accepted as HF scripts pass it; sampling is the engine's (LLM.generate)."""
         from .greedy import greedy_generate
 
+        if do_sample:
+            raise ValueError("model.generate is greedy only; for sampling use LLM(...).generate with SamplingParams")
         return greedy_generate(self, input_ids, max_new_tokens, attention_mask, eos_token_id, pad_token_id)
 
 

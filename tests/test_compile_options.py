@@ -5,6 +5,7 @@ Rules are checked at the edge, before anything compiles, so these tests use comp
 from __future__ import annotations
 
 import logging
+import shutil
 
 import pytest
 import torch
@@ -125,13 +126,25 @@ def test_rbln_prefixed_options_and_rbln_config_work(tiny_checkpoint):
     assert config.decoder_batch_sizes == (4, 1)
 
 
+def test_rbln_config_none_is_no_config_and_a_non_dict_is_named(tiny_checkpoint):
+    assert compile_eager(tiny_checkpoint, max_seq_len=64, rbln_config=None).rbln_config.max_seq_len == 64
+    with pytest.raises(ValueError, match="rbln_config must be a dict of compile options, got 5"):
+        compile_eager(tiny_checkpoint, max_seq_len=64, rbln_config=5)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message of a torch without CUDA")
+def test_cuda_without_a_cuda_torch_is_a_clear_error(tiny_checkpoint):
+    with pytest.raises(ValueError, match="device 'cuda' was asked for, but this torch .* sees no CUDA device"):
+        compile_eager(tiny_checkpoint, max_seq_len=64, device="cuda")
+
+
 @pytest.mark.parametrize("options", [
     {"batch_size": 4, "rbln_batch_size": 4},
     {"batch_size": 4, "rbln_config": {"batch_size": 4}},
     {"rbln_batch_size": 4, "rbln_config": {"rbln_batch_size": 2}},
 ])
 def test_an_option_given_twice_is_an_error(tiny_checkpoint, options):
-    with pytest.raises(ValueError, match="'batch_size' was given twice"):
+    with pytest.raises(ValueError, match="'batch_size' was given twice \\(as .*batch_size.* and as .*batch_size.*\\)"):
         compile_eager(tiny_checkpoint, max_seq_len=64, **options)
 
 
@@ -183,3 +196,12 @@ def test_a_class_for_another_model_type_is_an_error(tiny_checkpoint):
         Qwen2ForCausalLM.from_pretrained(tiny_checkpoint, export=True, compiler="eager", max_seq_len=64)
     model = LlamaForCausalLM.from_pretrained(tiny_checkpoint, export=True, compiler="eager", max_seq_len=64)
     assert model.config.model_type == "llama"
+
+
+def test_a_checkpoint_without_tokenizer_files_compiles_with_a_warning(tiny_checkpoint, tmp_path, caplog):
+    bare = tmp_path / "bare"
+    shutil.copytree(tiny_checkpoint, bare, ignore=shutil.ignore_patterns("tokenizer*", "special_tokens_map.json",
+                                                                          "vocab.json", "merges.txt", "chat_template*"))
+    with caplog.at_level(logging.WARNING):
+        compile_eager(bare, max_seq_len=64)
+    assert "has no tokenizer files" in caplog.text and "tokenizer=" in caplog.text

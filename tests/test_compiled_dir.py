@@ -69,6 +69,38 @@ def test_eager_save_then_load_gives_identical_logits(tiny_checkpoint, tmp_path):
         assert torch.equal(ours, original)
 
 
+def test_save_refuses_a_folder_holding_another_models_weights_or_its_own_subfolder(tiny_checkpoint, eager_dir, tmp_path):
+    model = AutoModelForCausalLM.from_pretrained(eager_dir)
+    # Another model's sharded checkpoint: its index would be read instead of the saved model.safetensors.
+    target = tmp_path / "old-checkpoint"
+    target.mkdir()
+    (target / "model.safetensors.index.json").write_text('{"weight_map": {}}')
+    with pytest.raises(FileExistsError, match="model.safetensors.index.json"):
+        model.save_pretrained(target)
+    with pytest.raises(ValueError, match="inside the model's own directory"):
+        model.save_pretrained(eager_dir / "copy")
+    assert not (eager_dir / "copy").exists()
+    # Re-saving over an earlier save of a compiled model is fine; a weight file copied in afterwards is caught.
+    model.save_pretrained(tmp_path / "saved")
+    model.save_pretrained(tmp_path / "saved")
+    shutil.copy(tiny_checkpoint / "model.safetensors", tmp_path / "saved" / "model-00001-of-00002.safetensors")
+    with pytest.raises(CompiledModelError, match="model-00001-of-00002.safetensors"):
+        AutoModelForCausalLM.from_pretrained(tmp_path / "saved")
+
+
+def test_raw_calls_check_token_ids_and_generate_takes_do_sample_false(eager_dir):
+    model = AutoModelForCausalLM.from_pretrained(eager_dir)
+    vocab = model.config.vocab_size
+    with pytest.raises(ValueError, match=f"token ids \\[{vocab}\\] are outside the vocabulary"):
+        model.prefill([1, 2, vocab], [1])
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        model.decode([-1], [3], [[1]])
+    ids = torch.tensor([[5, 6, 7]])
+    assert torch.equal(model.generate(ids, max_new_tokens=3, do_sample=False), model.generate(ids, max_new_tokens=3))
+    with pytest.raises(ValueError, match="greedy only"):
+        model.generate(ids, max_new_tokens=3, do_sample=True)
+
+
 def damaged_copy(compiled_dir, target, damage: str):
     shutil.copytree(compiled_dir, target)
     if damage == "missing":

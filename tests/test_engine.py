@@ -180,6 +180,11 @@ def test_chat_encodes_the_template_without_adding_a_second_bos(eager_dir, tmp_pa
     assert out.prompt_token_ids[0] == bos_id and out.prompt_token_ids.count(bos_id) == 1
 
 
+def test_a_missing_tokenizer_says_so(eager_dir, tmp_path):
+    with pytest.raises(ValueError, match="(?s)could not load a tokenizer from .*pass tokenizer=PATH"):
+        LLM(model=str(eager_dir), tokenizer=str(tmp_path))
+
+
 def test_bad_params_fail_before_anything_runs_and_integer_ids_of_any_kind_are_accepted(eager_llm):
     prompt = "Tell me about rain"
     vocab = eager_llm.llm_engine.vocab_size

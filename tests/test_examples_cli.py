@@ -69,9 +69,23 @@ def test_cli_compile_and_generate(tiny_checkpoint, tmp_path, capsys):
     assert "batch 4: 4" in printed  # 3 prompts ran their 4 decode steps on the 4-decoder
 
 
-def test_cli_rejects_a_bad_option(tiny_checkpoint, tmp_path):
-    with pytest.raises(ValueError, match="decoder_batch_sizes value 16 is larger than batch_size 8"):
-        cli_main(["compile", str(tiny_checkpoint), str(tmp_path / "x"), "--decoder-batch-sizes", "16", "--compiler", "eager"])
+def test_cli_rejects_a_bad_option_with_its_message_not_a_traceback(tiny_checkpoint, tmp_path, capsys):
+    assert cli_main(["compile", str(tiny_checkpoint), str(tmp_path / "x"), "--decoder-batch-sizes", "16",
+                     "--compiler", "eager"]) == 1
+    err = capsys.readouterr().err
+    assert "bucketserve compile: error: decoder_batch_sizes value 16 is larger than batch_size 8" in err
+    assert "Traceback" not in err
+    assert cli_main(["generate", str(tmp_path / "not-compiled"), "hi"]) == 1
+    assert "bucketserve generate: error: " in capsys.readouterr().err
+
+
+def test_cli_compile_leaves_unset_options_to_from_pretrained(tiny_checkpoint, tmp_path):
+    # max_seq_len 64 with no --prefill-chunk-size: the chunk defaults to min(128, max_seq_len), as in the API.
+    out = tmp_path / "short"
+    assert cli_main(["compile", str(tiny_checkpoint), str(out), "--batch-size", "2", "--max-seq-len", "64",
+                     "--compiler", "eager"]) == 0
+    config = LlamaForCausalLM.from_pretrained(out).rbln_config
+    assert (config.max_seq_len, config.prefill_chunk_size, config.kvcache_block_size) == (64, 64, 64)
 
 
 def test_cli_chat_reads_turns_until_eof(eager_dir, monkeypatch, capsys):

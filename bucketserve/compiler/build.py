@@ -38,6 +38,8 @@ COPIED_FILES = (
     "chat_template.jinja",
     "chat_template.json",
 )
+# Any of these makes a tokenizer AutoTokenizer can load (with tokenizer_config.json beside it).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
 
 
 def build_compiled_directory(
@@ -58,6 +60,9 @@ def write_rank_files(
         for name in COPIED_FILES:
             if (source_dir / name).is_file():
                 shutil.copy2(source_dir / name, out_dir / name)
+        if not any((source_dir / name).is_file() for name in TOKENIZER_FILES):
+            logger.warning("%s has no tokenizer files (%s): the compiled directory will have none, so LLM() and the "
+                           "server will need tokenizer=... pointing at one", source_dir, ", ".join(TOKENIZER_FILES))
         if not (out_dir / "generation_config.json").is_file():
             _write_generation_config(out_dir)
     save_file(weights_to_save(model), str(target / SINGLE_FILE), metadata={"format": "pt"})

@@ -61,8 +61,17 @@ def read_manifest(directory: Path) -> dict[str, Any]:
         raise CompiledModelError(f"{path} is not valid JSON ({err}); recompile the model") from err
 
 
+def weight_like_files(directory: Path) -> list[Path]:
+    """Files a checkpoint loader may read as weights: safetensors files and their index."""
+    return [p for p in directory.glob("*.safetensors*") if p.is_file()] if directory.is_dir() else []
+
+
 def verify_manifest(directory: Path, check_hashes: bool = True) -> dict[str, Any]:
     manifest = read_manifest(directory)
+    unlisted = sorted(p.name for p in weight_like_files(directory) if p.name not in manifest["files"])
+    if unlisted:  # another model's weights, copied in: the loader could take them for this model's
+        raise CompiledModelError(f"{directory} holds weight files its manifest does not list ({', '.join(unlisted)}); "
+                                 "remove them, or save the model to an empty directory")
     if manifest.get("format_version") != FORMAT_VERSION:
         raise CompiledModelError(
             f"{directory} has manifest format {manifest.get('format_version')!r}, this bucketserve reads "

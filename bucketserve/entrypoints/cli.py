@@ -4,19 +4,16 @@ from __future__ import annotations
 import argparse
 import sys
 
+COMPILE_OPTIONS = ("batch_size", "max_seq_len", "tensor_parallel_size", "decoder_batch_sizes", "kvcache_block_size",
+                   "kvcache_num_blocks", "prefill_chunk_size", "dtype", "device", "compiler")
+
 
 def _compile(args) -> None:
     from ..modeling import AutoModelForCausalLM
 
-    options = dict(
-        batch_size=args.batch_size, max_seq_len=args.max_seq_len, tensor_parallel_size=args.tensor_parallel_size,
-        decoder_batch_sizes=args.decoder_batch_sizes, prefill_chunk_size=args.prefill_chunk_size, dtype=args.dtype,
-        device=args.device, compiler=args.compiler,
-    )
-    if args.kvcache_block_size:
-        options["kvcache_block_size"] = args.kvcache_block_size
-    if args.kvcache_num_blocks:
-        options["kvcache_num_blocks"] = args.kvcache_num_blocks
+    # Only what was given: the rest takes from_pretrained's defaults, which depend on the checkpoint and on
+    # each other (max_seq_len on max_position_embeddings, the prefill chunk on max_seq_len).
+    options = {name: getattr(args, name) for name in COMPILE_OPTIONS if getattr(args, name) is not None}
     model = AutoModelForCausalLM.from_pretrained(args.model, export=True, **options)
     model.save_pretrained(args.out)
     seconds = model.manifest["compile_seconds"]
@@ -88,15 +85,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="checkpoint directory or a hub id in the local HF cache")
     p.add_argument("out", help="directory to save the compiled model to")
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--max-seq-len", type=int, default=2048)
-    p.add_argument("--tensor-parallel-size", type=int, default=1)
-    p.add_argument("--decoder-batch-sizes", type=int, nargs="+", default=None)
-    p.add_argument("--kvcache-block-size", type=int, default=0)
-    p.add_argument("--kvcache-num-blocks", type=int, default=0)
-    p.add_argument("--prefill-chunk-size", type=int, default=128)
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--compiler", default="aoti", choices=["aoti", "eager"])
+    p.add_argument("--max-seq-len", type=int, help="default: min(2048, the checkpoint's max_position_embeddings)")
+    p.add_argument("--tensor-parallel-size", type=int, help="default: 1")
+    p.add_argument("--decoder-batch-sizes", type=int, nargs="+", help="default: the batch size alone")
+    p.add_argument("--kvcache-block-size", type=int, help="default: max_seq_len")
+    p.add_argument("--kvcache-num-blocks", type=int, help="default: batch_size full sequences + 1")
+    p.add_argument("--prefill-chunk-size", type=int, help="default: min(128, max_seq_len)")
+    p.add_argument("--dtype", choices=["float32", "bfloat16"], help="default: float32")
+    p.add_argument("--device", choices=["cpu", "cuda"], help="default: cpu")
+    p.add_argument("--compiler", choices=["aoti", "eager"], help="default: aoti")
     p.set_defaults(func=_compile)
 
     p = sub.add_parser("generate", help="generate from prompts with a compiled directory")
@@ -148,7 +145,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
-    args.func(args)
+    from ..compiler.manifest import CompiledModelError
+
+    try:
+        args.func(args)
+    except (ValueError, OSError, CompiledModelError) as error:  # the user's input: the message says what to change
+        print(f"bucketserve {args.command}: error: {error}", file=sys.stderr)
+        return 1
     return 0
 
 

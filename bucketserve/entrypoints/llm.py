@@ -41,7 +41,11 @@ class LLM:
             )
         from transformers import AutoTokenizer
 
-        self.tokenizer = AutoTokenizer.from_pretrained(tokenizer or model)
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(tokenizer or model)
+        except (OSError, ValueError) as error:  # transformers' message blames missing packages when files are missing
+            raise ValueError(f"could not load a tokenizer from {tokenizer or model}: {error}\n(a compiled directory has "
+                             f"one when its checkpoint had tokenizer files; otherwise pass tokenizer=PATH)") from error
         if seed is not None:
             import torch
 
