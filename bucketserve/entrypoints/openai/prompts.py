@@ -69,7 +69,8 @@ def check_prompt(ctx: ServerContext, prompt: Prompt, max_tokens: int | None, par
                               f"shorten it to at most {ctx.max_model_len - 1} tokens", param=param, code="context_length_exceeded")
         return room
     if max_tokens > room:
+        fix = f"lower max_tokens to at most {room} or shorten the prompt" if room >= 1 else \
+            f"shorten the prompt to at most {ctx.max_model_len - 1} tokens"
         raise bad_request(f"the prompt has {len(ids)} tokens and max_tokens asks for {max_tokens} more, over the model's "
-                          f"context of {ctx.max_model_len}; lower max_tokens to at most {max(room, 0)} or shorten the prompt",
-                          param="max_tokens", code="context_length_exceeded")
+                          f"context of {ctx.max_model_len}; {fix}", param="max_tokens", code="context_length_exceeded")
     return max_tokens
