@@ -197,7 +197,7 @@ class BucketModelForCausalLM:
 
 
 class AutoModelForCausalLM(BucketModelForCausalLM):
-    """Dispatches on the checkpoint's model_type (llama, mistral, qwen2, qwen3)."""
+    """Any supported model_type (llama, mistral, qwen2, qwen3); the family classes below take only their own."""
 
 
 class LlamaForCausalLM(BucketModelForCausalLM):

@@ -30,5 +30,5 @@ def make_engine(model, tokenizer) -> LLMEngine:
     """An LLMEngine over an already loaded model, configured as LLM() would configure it."""
     compiled = model.compile_config
     config = EngineConfig(max_num_seqs=compiled.batch_size, max_num_batched_tokens=compiled.max_seq_len,
-                          max_model_len=compiled.max_seq_len, block_size=compiled.kvcache_block_size)
+                          max_model_len=compiled.max_seq_len)
     return LLMEngine(model, tokenizer, config)

@@ -14,7 +14,7 @@ INDUCTOR_CONFIGS = {"aot_inductor.package_constants_in_so": False}
 
 
 def packed_path(package_path: Path) -> Path:
-    """Beside a package: which of its constants are weights reordered for the GEMM template (packed_weights)."""
+    """Beside a package: which of its constants are weights reordered into blocks of rows (packed_weights)."""
     return package_path.with_suffix(".packed.json")
 
 

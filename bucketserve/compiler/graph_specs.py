@@ -37,10 +37,6 @@ def context_len_through(last_position: int, max_seq_len: int) -> int:
     return min((last_position // CONTEXT_GRANULE + 1) * CONTEXT_GRANULE, max_seq_len)
 
 
-def graph_names(compile_config: CompileConfig) -> list[str]:
-    return [PREFILL] + [decoder_name(b) for b in compile_config.decoder_batch_sizes]
-
-
 @dataclass
 class GraphSpec:
     name: str

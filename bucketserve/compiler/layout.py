@@ -2,6 +2,7 @@
 
     config.json, generation_config.json, tokenizer files, bucketserve_manifest.json   (shared)
     model.safetensors, graphs/prefill.pt2, graphs/decoder_batch_{B}.pt2               (tensor_parallel_size 1)
+    graphs/<graph>.packed.json, graphs/bucketserve_kernels.so                         (CPU fp32 graphs)
     rank{r}/model.safetensors, rank{r}/graphs/...                                      (one set per rank)
 """
 from __future__ import annotations

@@ -23,7 +23,7 @@ import torch
 
 # What a decoder graph adds to aoti.INDUCTOR_CONFIGS to multiply through the C++ GEMM template and nothing else.
 GEMM_TEMPLATE_CONFIGS = {"max_autotune_gemm": True, "max_autotune_gemm_backends": "CPP"}
-# What the prefill adds so that the reorders it writes (blocked_linear) are folded into constants.
+# What the prefill and the GEMM-kernel decoders add so that the reorders they write are folded into constants.
 FOLD_CONFIGS = {"freezing": True}
 
 

@@ -1,5 +1,5 @@
-"""The step loop: admit and prefill waiting requests, run one decode step on the smallest decoder that
-fits, sample, detokenize, check stops, free finished sequences at once."""
+"""The step loop: one decode step for the running sequences on the smallest decoder that fits, then
+prefill the newly admitted ones; sample, detokenize, check stops, free finished sequences at once."""
 from __future__ import annotations
 
 import itertools
@@ -24,7 +24,6 @@ class EngineConfig:
     max_num_seqs: int
     max_num_batched_tokens: int
     max_model_len: int
-    block_size: int
 
 
 class LLMEngine:

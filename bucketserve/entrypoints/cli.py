@@ -11,8 +11,8 @@ COMPILE_OPTIONS = ("batch_size", "max_seq_len", "tensor_parallel_size", "decoder
 def _compile(args) -> None:
     from ..modeling import AutoModelForCausalLM
 
-    # Only what was given: the rest takes from_pretrained's defaults, which depend on the checkpoint and on
-    # each other (max_seq_len on max_position_embeddings, the prefill chunk on max_seq_len).
+    # Only what was given (and --batch-size, 8 here against from_pretrained's 1): the rest takes
+    # from_pretrained's defaults, which depend on the checkpoint and on each other.
     options = {name: getattr(args, name) for name in COMPILE_OPTIONS if getattr(args, name) is not None}
     model = AutoModelForCausalLM.from_pretrained(args.model, export=True, **options)
     model.save_pretrained(args.out)
@@ -84,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compile", help="compile a Hugging Face checkpoint into a bucketserve directory")
     p.add_argument("model", help="checkpoint directory or a hub id in the local HF cache")
     p.add_argument("out", help="directory to save the compiled model to")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=int, default=8, help="default: 8 (from_pretrained's is 1)")
     p.add_argument("--max-seq-len", type=int, help="default: min(2048, the checkpoint's max_position_embeddings)")
     p.add_argument("--tensor-parallel-size", type=int, help="default: 1")
     p.add_argument("--decoder-batch-sizes", type=int, nargs="+", help="default: the batch size alone")
@@ -108,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_chat)
 
     p = sub.add_parser("demo", help="compile a small built-in random model and run the seed's three conversation groups")
-    p.add_argument("--cache-dir", default=None, help="where the built model is kept (default ~/.cache/bucketserve/demo)")
+    p.add_argument("--cache-dir", default=None, help="where the built model is kept (default $XDG_CACHE_HOME/bucketserve/demo, or ~/.cache/...)")
     p.add_argument("--recompile", action="store_true", help="rebuild and recompile even if cached")
     p.set_defaults(func=_demo)
 

@@ -54,7 +54,6 @@ class LLM:
             max_num_seqs=compiled.batch_size,
             max_num_batched_tokens=max_num_batched_tokens or max_model_len,
             max_model_len=max_model_len,
-            block_size=compiled.kvcache_block_size,
         )
         self.llm_engine = LLMEngine(self.model, self.tokenizer, config)
 

@@ -272,11 +272,13 @@ class DecoderGraph(nn.Module):
     context_positions is an input whose length the compiled graph leaves free (see graph_specs), so a step
     reads only as many context positions as its longest row needs instead of all max_seq_len.
 
-    COMPILED_DECODE (the form AOTInductor compiles) writes the attention as multiply-and-sum reductions,
-    which Inductor fuses into loops reading each context position once, and leaves the projections' GEMMs to
-    the compiler. COMPILED_CPU_DECODE (CPU, fp32) calls the attention kernel instead, which reads each row's
-    context up to the row's own position, whatever context_positions' length. Run eagerly those reductions would materialise large products, so the eager engine keeps
-    SDPA and dense_linear. Both compute the same function.
+    Compiled decoders take one of three forms (compiler/graph_specs.py): on the CPU in fp32,
+    kernel_decode_form where the kernel library builds for AVX-512 (both our kernels: the attention, which
+    reads each row's context up to the row's own position whatever context_positions' length, and the GEMM
+    over blocked weights) or COMPILED_CPU_DECODE (the attention kernel, Inductor's GEMM template); elsewhere
+    COMPILED_DECODE, which writes the attention as multiply-and-sum reductions that Inductor fuses into loops
+    reading each context position once. Run eagerly those reductions would materialise large products, so
+    the eager engine keeps SDPA and dense_linear. All compute the same function.
     """
 
     def __init__(self, model: LlamaForCausalLM, form: GraphForm = EAGER):

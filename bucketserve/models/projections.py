@@ -29,7 +29,7 @@ def dense_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 
 def blocked_linear(x: torch.Tensor, weight: torch.Tensor, block_n: int) -> torch.Tensor:
     """x @ weight.T through weight reordered into [ceil(n / block_n), k, block_n], rows past n zero: the
-    layout of compiler/packed_weights.block_rows, in which the decoders' GEMM template reads the weight.
+    layout of compiler/packed_weights.block_rows, which the decoders' GEMM (our kernel, or Inductor's template) reads.
 
     Written as that reorder and then one small matmul per block. Compiled with freezing, Inductor folds the
     reorder into a constant of the graph; load time makes that constant the decoders' reordered copy. For

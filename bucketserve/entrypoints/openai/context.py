@@ -18,8 +18,8 @@ T = TypeVar("T")
 class ServerContext:
     engine: AsyncLLMEngine
     # HF fast tokenizers must not be shared between threads, so each user has its own copy: the engine
-    # thread, the event loop (decoding output tokens: short work), and the prompt thread, which tokenizes
-    # and detokenizes requests' prompts (up to MAX_PROMPT_CHARS, seconds of work) off the event loop.
+    # thread (output text), the event loop (logprob and echo token text: short work), and the prompt thread,
+    # which tokenizes and detokenizes requests' prompts (up to MAX_PROMPT_CHARS, seconds of work).
     tokenizer: Any
     prompt_tokenizer: Any
     metrics: ServerMetrics
