@@ -132,6 +132,32 @@ def test_tp_sizes_option():
         sizes("--tp-sizes", "0")
 
 
+@pytest.mark.parametrize("flag", ["--prompt-len", "--new-tokens", "--step-repeats", "--arrival-requests", "--threads"])
+def test_counts_below_one_are_refused_before_anything_runs(flag):
+    from bucketserve.bench.options import build_options
+
+    with pytest.raises(ValueError, match=f"{flag} must be >= 1, got 0"):
+        build_options(build_parser().parse_args(["bench", "--quick", flag, "0"]))
+
+
+def test_an_unknown_shape_is_refused_by_the_parser(capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["bench", "--shape", "nosuch"])
+    assert "invalid choice: 'nosuch'" in capsys.readouterr().err
+
+
+def test_demo_rebuild_removes_only_what_the_demo_wrote(tmp_path):
+    from bucketserve.demo.run import remove_built
+
+    for built in ("checkpoint", "compiled", "mywork"):
+        (tmp_path / built).mkdir()
+        (tmp_path / built / "file").write_text("x")
+    (tmp_path / "options.json").write_text("{}")
+    (tmp_path / "README").write_text("the user's")
+    remove_built(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["README", "mywork"]
+
+
 def test_plots_written_or_skipped_with_a_reason(quick_run):
     _, results, root = quick_run
     if "plots" in results["skipped"]:

@@ -1,7 +1,7 @@
 """`bucketserve bench`: every scenario for every system in one process run; a table, a JSON file, plots.
 
     bucketserve bench            # SmolLM2-135M shape, fp32, max_seq_len 2048 (compiles are cached)
-    bucketserve bench --quick    # a tiny model, seconds
+    bucketserve bench --quick    # a tiny model: about a minute once compiled (minutes the first time)
 """
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ import torch
 from ..compiler.source_digest import source_digest
 from . import arrivals, artifacts, baselines, memory, plots, profile, report, roofline, scenarios, targets
 from .options import BUCKETS, PEERS, SINGLE, BenchOptions, build_options
+from ..demo.checkpoint import SHAPES
 from .workload import load_tokenizer
 
 RESULTS_FILE = "bench.json"
@@ -24,8 +25,9 @@ PARTIAL_FILE = "bench.partial.json"  # rewritten after every scenario, so a run 
 
 
 def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--quick", action="store_true", help="a tiny model and few tokens: the whole run in seconds")
-    parser.add_argument("--shape", default=None, help="built-in model shape (smollm2-135m, demo, tiny)")
+    parser.add_argument("--quick", action="store_true", help="a tiny model and few tokens: checks the pipeline, not the speed "
+                        "(about a minute once its graphs are cached; the first run compiles them)")
+    parser.add_argument("--shape", default=None, choices=sorted(SHAPES), help="built-in model shape (default smollm2-135m)")
     parser.add_argument("--max-seq-len", dest="max_seq_len", type=int, default=None)
     parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16"])
     parser.add_argument("--prompt-len", dest="prompt_len", type=int, default=None)
@@ -142,7 +144,7 @@ class Bench:
     def _peers(self, checkpoint, vocab: int) -> None:
         options = self.options
         if "hf" in options.peers or "hf-static" in options.peers:
-            hf_model = baselines.load_hf(checkpoint)
+            hf_model = baselines.load_hf(checkpoint, options.dtype)
             for peer, static in (("hf", False), ("hf-static", True)):
                 if peer in options.peers:
                     self.log(f"peer: {peer}")

@@ -43,8 +43,8 @@ class BenchOptions:
         return d
 
 
-# --quick: a tiny model and few tokens, so the whole run (compiles included) takes seconds; the slow peer
-# (HF static cache + torch.compile) is skipped.
+# --quick: a tiny model and few tokens, so the whole run takes about a minute once its graphs are compiled
+# (the first run compiles them: minutes); the slow peer (HF static cache + torch.compile) is skipped.
 QUICK = dict(shape="tiny", max_seq_len=64, prefill_chunk_size=16, prompt_len=8, new_tokens=8, step_repeats=3,
              arrival_requests=6, peers=("eager", "hf", "llama.cpp"))
 
@@ -75,6 +75,9 @@ def build_options(args) -> BenchOptions:
             f"--prompt-len {options.prompt_len} + --new-tokens {options.new_tokens} exceeds --max-seq-len "
             f"{options.max_seq_len}; lower one of them or raise --max-seq-len"
         )
-    if options.threads < 1:
-        raise ValueError(f"--threads must be >= 1, got {options.threads}")
+    for flag, value in (("--threads", options.threads), ("--prompt-len", options.prompt_len),
+                        ("--new-tokens", options.new_tokens), ("--step-repeats", options.step_repeats),
+                        ("--arrival-requests", options.arrival_requests), ("--max-seq-len", options.max_seq_len)):
+        if value < 1:
+            raise ValueError(f"{flag} must be >= 1, got {value}")
     return options

@@ -21,6 +21,13 @@ def default_cache_dir() -> Path:
     return Path(base) / "bucketserve" / "demo"
 
 
+def remove_built(cache_dir: Path) -> None:
+    """Remove what prepare() writes, and only that: --cache-dir may name a folder holding other things."""
+    (cache_dir / "options.json").unlink(missing_ok=True)
+    for built in ("checkpoint", "compiled"):
+        shutil.rmtree(cache_dir / built, ignore_errors=True)
+
+
 def prepare(cache_dir: Path, recompile: bool = False) -> Path:
     """The compiled demo directory, built and compiled on first use and reused afterwards."""
     from ..compiler.manifest import CompiledModelError, verify_manifest
@@ -36,7 +43,7 @@ def prepare(cache_dir: Path, recompile: bool = False) -> Path:
             return compiled
         except CompiledModelError as err:
             print(f"cached demo model unusable ({err}); rebuilding")
-    shutil.rmtree(cache_dir, ignore_errors=True)
+    remove_built(cache_dir)
     print(f"building a small random-weight Llama in {checkpoint} ...")
     build_random_checkpoint(checkpoint, shape="demo", model_type="llama")
     print(f"compiling it with {COMPILE_OPTIONS} (once; cached in {compiled}) ...")
