@@ -25,7 +25,7 @@ from .runtime.kv_cache import KVCache
 from .runtime.model_runner import ModelRunner, PrefillOutput
 from .runtime.rank_loader import load_rank_runner
 from .runtime.tp_runner import TensorParallelRunner
-from .runtime.weights import build_model
+from .runtime.weights import build_model, tied_as_stored
 
 
 class BucketModelForCausalLM:
@@ -66,16 +66,18 @@ class BucketModelForCausalLM:
         model_config = ModelConfig.from_hf_dict(hf_config)
         cls._check_model_type(model_config.model_type)
         compile_config = build_compile_config(options, model_config)
+        weights = map_safetensors(source_dir)  # nothing is read until a tensor is used
+        model_config = tied_as_stored(model_config, weights.tensors)
         out_dir = Path(tempfile.mkdtemp(prefix="bucketserve-"))
         try:
             if compile_config.tensor_parallel_size == 1:
                 device = torch.device(compile_config.device)
-                weights = map_safetensors(source_dir)
                 model = build_model(model_config, compile_config, weights.tensors, device)
                 build_compiled_directory(source_dir, out_dir, model, compile_config)
                 runner = ModelRunner(out_dir, model, compile_config, device)  # reuses the weights just built
                 weights.release_pages()  # see load_rank_runner
             else:
+                weights.release_pages()  # the ranks map the checkpoint themselves
                 compile_tensor_parallel(source_dir, out_dir, compile_config, model_config)
                 runner = TensorParallelRunner(out_dir, compile_config, model_config)
             instance = cls(out_dir, runner, read_manifest(out_dir))

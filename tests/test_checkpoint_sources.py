@@ -122,3 +122,42 @@ def test_a_damaged_safetensors_file_is_refused_with_its_name(tmp_path):
     path.write_bytes(b"\xff" * 16)
     with pytest.raises(ValueError, match="is not a safetensors file"):
         MappedWeights([path])
+
+
+def test_a_tied_config_with_a_distinct_lm_head_keeps_it_as_transformers_does(tmp_path):
+    import transformers
+
+    from bucketserve.demo.checkpoint import build_random_checkpoint
+
+    checkpoint = build_random_checkpoint(tmp_path / "tied", tie_word_embeddings=True)
+    state = load_file(checkpoint / "model.safetensors")
+    state["lm_head.weight"] = torch.randn_like(state["model.embed_tokens.weight"])  # not the embedding
+    save_file(state, checkpoint / "model.safetensors", metadata={"format": "pt"})
+    hf = transformers.AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32).eval()
+    with torch.no_grad():
+        expected = hf(torch.tensor([[5, 6, 7]])).logits[0, -1]
+    model = AutoModelForCausalLM.from_pretrained(checkpoint, export=True, **EAGER)
+    torch.testing.assert_close(logits_of(model).reshape(-1), expected, rtol=1e-4, atol=1e-4)
+    model.save_pretrained(tmp_path / "saved")  # the manifest records it untied, so loading keeps the lm_head
+    assert torch.equal(logits_of(AutoModelForCausalLM.from_pretrained(tmp_path / "saved")), logits_of(model))
+
+
+def test_llama3_rope_without_its_original_context_takes_max_position_embeddings_as_transformers(tmp_path):
+    import transformers
+
+    from bucketserve.demo.checkpoint import build_random_checkpoint
+
+    rope = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 16}
+    checkpoint = build_random_checkpoint(tmp_path / "llama3", rope_scaling=rope, max_position_embeddings=64)
+    config = json.loads((checkpoint / "config.json").read_text())
+    for key in ("rope_parameters", "rope_scaling"):
+        if isinstance(config.get(key), dict):
+            config[key].pop("original_max_position_embeddings", None)
+    (checkpoint / "config.json").write_text(json.dumps(config))
+    hf = transformers.AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32).eval()
+    tokens = list(range(5, 45))  # past the 16 positions, where the two readings would differ
+    with torch.no_grad():
+        expected = hf(torch.tensor([tokens])).logits[0, -1]
+    model = AutoModelForCausalLM.from_pretrained(checkpoint, export=True, **EAGER)
+    torch.testing.assert_close(logits_of(model, tokens).reshape(-1), expected, rtol=1e-4, atol=1e-4)

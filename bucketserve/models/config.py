@@ -48,6 +48,12 @@ class ModelConfig:
         rope_type = rope.get("rope_type", rope.get("type", "default"))
         if rope_type not in ("default", "llama3"):
             raise ValueError(f"rope_type {rope_type!r} is not supported; bucketserve runs 'default' and 'llama3'")
+        if rope_type == "llama3":
+            missing = [key for key in ("factor", "low_freq_factor", "high_freq_factor") if key not in rope]
+            if missing:
+                raise ValueError(f"the llama3 rope settings lack {', '.join(missing)}")
+            # As transformers: without it, the context the model was trained at is max_position_embeddings.
+            rope.setdefault("original_max_position_embeddings", hf.get("max_position_embeddings", 2048))
         sliding_window = hf.get("sliding_window")
         if model_type in ("qwen2", "qwen3") and not hf.get("use_sliding_window", False):
             sliding_window = None  # Qwen configs carry a window they do not use unless asked to

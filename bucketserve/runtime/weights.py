@@ -1,6 +1,9 @@
 """Building the model module around one set of weight tensors: the set every graph shares."""
 from __future__ import annotations
 
+import dataclasses
+import logging
+
 import torch
 
 from ..config import CompileConfig
@@ -8,8 +11,22 @@ from ..models.config import ModelConfig
 from ..models.llama import LlamaForCausalLM
 from ..models.tensor_parallel import shard_model
 
+logger = logging.getLogger(__name__)
+
 # Names some checkpoints carry that are derived tables, not weights.
 IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
+
+
+def tied_as_stored(model_config: ModelConfig, state: dict[str, torch.Tensor]) -> ModelConfig:
+    """model_config, untied where the config says tie_word_embeddings but the checkpoint holds an lm_head.weight
+    that differs from the embedding: transformers then keeps the two apart, and so must we (dropping the
+    lm_head would change every logit)."""
+    lm_head, embedding = state.get("lm_head.weight"), state.get("model.embed_tokens.weight")
+    if not model_config.tie_word_embeddings or lm_head is None or embedding is None or torch.equal(lm_head, embedding):
+        return model_config
+    logger.warning("the config ties word embeddings, but the checkpoint's lm_head.weight differs from "
+                   "model.embed_tokens.weight: keeping them apart, as transformers does")
+    return dataclasses.replace(model_config, tie_word_embeddings=False)
 
 
 def build_model(
