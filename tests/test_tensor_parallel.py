@@ -87,6 +87,35 @@ def test_killed_worker_fails_the_call_clearly_and_a_new_llm_works(tp2_eager):
         assert len(again.generate(PROMPTS[:1], GREEDY, use_tqdm=False)[0].outputs[0].token_ids) == GREEDY.max_tokens
 
 
+def test_a_second_tensor_parallel_llm_is_refused_and_leaves_the_first_working(tp2_eager):
+    with LLM(model=str(tp2_eager)) as first:
+        before = first.generate(PROMPTS[:2], GREEDY, use_tqdm=False)
+        started = time.monotonic()
+        with pytest.raises(RuntimeError, match="process group already exists"):
+            LLM(model=str(tp2_eager))
+        assert time.monotonic() - started < 5  # refused before any worker started
+        after = first.generate(PROMPTS[:2], GREEDY, use_tqdm=False)
+        assert [o.outputs[0].token_ids for o in after] == [o.outputs[0].token_ids for o in before]
+
+
+def test_an_interrupted_call_closes_the_model_instead_of_leaving_the_ranks_out_of_step(tp2_eager):
+    llm = LLM(model=str(tp2_eager))
+    runner = llm.model.runner
+    workers = list(runner.workers)
+
+    def interrupted(*args):  # as a Ctrl-C landing after the workers started the call, between two all-reduces
+        raise KeyboardInterrupt
+
+    runner.local.prefill = interrupted
+    with pytest.raises(KeyboardInterrupt):
+        llm.generate(PROMPTS[:1], GREEDY, use_tqdm=False)
+    assert all(w.process.wait(10) is not None for w in workers)
+    with pytest.raises(TensorParallelError, match="closed"):
+        llm.generate(PROMPTS[:1], GREEDY, use_tqdm=False)
+    with LLM(model=str(tp2_eager)) as again:
+        assert len(again.generate(PROMPTS[:1], GREEDY, use_tqdm=False)[0].outputs[0].token_ids) == GREEDY.max_tokens
+
+
 def test_workers_exit_on_close_and_on_garbage_collection(tp2_eager):
     llm = LLM(model=str(tp2_eager))
     workers = list(llm.model.runner.workers)

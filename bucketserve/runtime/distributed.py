@@ -23,12 +23,17 @@ def rank_device(device: str, rank: int) -> torch.device:
     return torch.device("cuda", rank) if device == "cuda" else torch.device("cpu")
 
 
-def init_process_group(rank: int, world_size: int, port: int, device: str) -> None:
+def ensure_no_process_group() -> None:
+    """One process group per process: a second tensor-parallel model must not start while one lives."""
     if dist.is_initialized():
         raise RuntimeError(
             "a torch.distributed process group already exists in this process (another tensor-parallel model is "
             "alive?); close it first (LLM.close() / model.close()), or run the second one in another process"
         )
+
+
+def init_process_group(rank: int, world_size: int, port: int, device: str) -> None:
+    ensure_no_process_group()
     if device == "cuda":
         torch.cuda.set_device(rank)
     else:

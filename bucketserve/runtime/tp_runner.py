@@ -1,9 +1,10 @@
 """Tensor parallelism at run time: this process is rank 0 and drives tensor_parallel_size - 1 workers.
 
 Every prefill/decode call is sent to each worker first, then run here; the graphs' all-reduces keep the
-ranks in step, so every rank runs the same decoder for a step. Only rank 0's logits are used. A worker
-that dies turns the next call (or the one in flight, when gloo notices the closed connection) into a
-clear error; the runner then shuts every rank down so a new model can be made.
+ranks in step, so every rank runs the same decoder for a step. Only rank 0's logits are used. A call that
+stops part-way (a worker died or hung, a collective failed, Ctrl-C) leaves the ranks out of step: the
+runner then kills the workers and closes, and every later call is a clear error (never a result computed
+from mismatched collectives), so a new model can be made.
 
 Each worker rank runs worker_main in its own interpreter (see worker_process.py).
 """
@@ -38,6 +39,7 @@ def _shutdown(workers: list[WorkerProcess]) -> None:
 
 class TensorParallelRunner:
     def __init__(self, directory: Path, compile_config: CompileConfig, model_config: ModelConfig):
+        distributed.ensure_no_process_group()  # before any worker starts: the living model's group stays whole
         port = distributed.free_port()
         self.workers = [
             WorkerProcess(worker_main, dict(directory=str(directory), compile_config=compile_config.to_dict(),
@@ -81,18 +83,25 @@ class TensorParallelRunner:
             for worker in self.workers:
                 worker.conn.send((method, args))
             return getattr(self.local, method)(*args)
+        except (ValueError, TypeError):
+            raise  # a bad request, refused by every rank alike before any collective: still in step
         except TensorParallelError:
             self.close()
             raise
-        except (RuntimeError, OSError) as err:
-            time.sleep(0.1)  # a worker's death and the collective's error arrive together; let the exit land
-            if all(worker.is_alive() for worker in self.workers) and not isinstance(err, OSError):
-                raise  # an error of the call itself; the ranks are still in step
-            self.close()
+        except BaseException as err:  # a collective failed or timed out, a worker died, or Ctrl-C: out of step
+            self._abandon()
+            if not isinstance(err, Exception):
+                raise  # KeyboardInterrupt and the like go on up; the model is closed
             raise TensorParallelError(
-                f"a tensor-parallel worker failed during {method} ({err}); this model cannot run any more: "
+                f"a tensor-parallel call failed during {method} ({err}); this model cannot run any more: "
                 f"create a new LLM / model"
             ) from err
+
+    def _abandon(self) -> None:
+        """Kill the workers (they may wait in a collective that will never complete), then close."""
+        for worker in self.workers:
+            worker.process.kill()
+        self.close()
 
     def prefill(self, *args):
         return self._run_everywhere("prefill", *args)
