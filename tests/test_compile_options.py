@@ -103,6 +103,34 @@ def test_mistral_max_seq_len_above_its_sliding_window_is_an_error(tmp_path):
     assert model.rbln_config.max_seq_len == 64
 
 
+@pytest.mark.parametrize("settings, window", [
+    (dict(use_sliding_window=False), None),
+    (dict(use_sliding_window=True, max_window_layers=2), None),  # 2 layers, none from layer 2 on: none slides
+    (dict(use_sliding_window=True, max_window_layers=1), 64),  # layer 1 slides
+    (dict(layer_types=["full_attention", "full_attention"]), None),
+    (dict(layer_types=["full_attention", "sliding_attention"]), 64),
+])
+def test_a_qwen2_window_counts_only_where_a_layer_slides(tiny_checkpoint, settings, window):
+    import json
+
+    from bucketserve.models.config import ModelConfig
+
+    hf = {**json.loads((tiny_checkpoint / "config.json").read_text()), "model_type": "qwen2", "sliding_window": 64,
+          "num_hidden_layers": 2, **settings}
+    assert ModelConfig.from_hf_dict(hf).sliding_window == window
+
+
+def test_swish_is_silu_and_other_activations_are_refused(tiny_checkpoint):
+    import json
+
+    from bucketserve.models.config import ModelConfig
+
+    hf = json.loads((tiny_checkpoint / "config.json").read_text())
+    assert ModelConfig.from_hf_dict({**hf, "hidden_act": "swish"}).model_type == "llama"
+    with pytest.raises(ValueError, match="hidden_act 'gelu' is not supported"):
+        ModelConfig.from_hf_dict({**hf, "hidden_act": "gelu"})
+
+
 # ---- names, spellings and values ----
 @pytest.mark.parametrize("options", [{"batch_sise": 4}, {"rbln_max_len": 64}, {"rbln_config": {"blocks": 4}}])
 def test_unknown_options_are_errors(tiny_checkpoint, options):

@@ -35,7 +35,7 @@ class ModelConfig:
             raise ValueError(
                 f"model_type {model_type!r} is not supported; bucketserve runs {', '.join(SUPPORTED_MODEL_TYPES)}"
             )
-        if hf.get("hidden_act", "silu") != "silu":
+        if hf.get("hidden_act", "silu") not in ("silu", "swish"):  # transformers' swish is SiLU
             raise ValueError(f"hidden_act {hf['hidden_act']!r} is not supported; only 'silu' (SwiGLU) is")
         if hf.get("mlp_bias", False):
             raise ValueError("mlp_bias=True is not supported")
@@ -55,7 +55,7 @@ class ModelConfig:
             # As transformers: without it, the context the model was trained at is max_position_embeddings.
             rope.setdefault("original_max_position_embeddings", hf.get("max_position_embeddings", 2048))
         sliding_window = hf.get("sliding_window")
-        if model_type in ("qwen2", "qwen3") and not hf.get("use_sliding_window", False):
+        if model_type in ("qwen2", "qwen3") and not _qwen_slides(hf):
             sliding_window = None  # Qwen configs carry a window they do not use unless asked to
         return cls(
             model_type=model_type,
@@ -83,3 +83,13 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
         return cls(**d)
+
+
+def _qwen_slides(hf: dict[str, Any]) -> bool:
+    """Whether any layer of a Qwen2/Qwen3 checkpoint attends through its sliding window: as transformers reads
+    it, its layer_types, else use_sliding_window for the layers from max_window_layers on."""
+    if hf.get("layer_types"):
+        return "sliding_attention" in hf["layer_types"]
+    if not hf.get("use_sliding_window", False):
+        return False
+    return hf.get("max_window_layers", 0) < hf["num_hidden_layers"]
