@@ -116,6 +116,8 @@ class BucketModelForCausalLM:
         target = Path(save_directory)
         if target.resolve() == self.directory.resolve():
             return
+        if target.exists() and not target.is_dir():
+            raise FileExistsError(f"{target} is a file; save_pretrained writes a directory: give a directory's path")
         if target.resolve().is_relative_to(self.directory.resolve()):
             raise ValueError(f"cannot save into {target}, inside the model's own directory {self.directory}; "
                              "choose a directory outside it")

@@ -77,6 +77,9 @@ def test_save_refuses_a_folder_holding_another_models_weights_or_its_own_subfold
     (target / "model.safetensors.index.json").write_text('{"weight_map": {}}')
     with pytest.raises(FileExistsError, match="model.safetensors.index.json"):
         model.save_pretrained(target)
+    (tmp_path / "a-file").write_text("x")
+    with pytest.raises(FileExistsError, match="is a file; save_pretrained writes a directory"):
+        model.save_pretrained(tmp_path / "a-file")
     with pytest.raises(ValueError, match="inside the model's own directory"):
         model.save_pretrained(eager_dir / "copy")
     assert not (eager_dir / "copy").exists()
