@@ -1,7 +1,7 @@
 """`bucketserve bench`: every scenario for every system in one process run; a table, a JSON file, plots.
 
     bucketserve bench            # SmolLM2-135M shape, fp32, max_seq_len 2048 (compiles are cached)
-    bucketserve bench --quick    # a tiny model: about a minute once compiled (minutes the first time)
+    bucketserve bench --quick    # a tiny model: checks the pipeline (the first run compiles its graphs)
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ PARTIAL_FILE = "bench.partial.json"  # rewritten after every scenario, so a run 
 
 def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true", help="a tiny model and few tokens: checks the pipeline, not the speed "
-                        "(about a minute once its graphs are cached; the first run compiles them)")
+                        "(the first run compiles its graphs; later runs reuse them)")
     parser.add_argument("--shape", default=None, choices=sorted(SHAPES), help="built-in model shape (default smollm2-135m)")
     parser.add_argument("--max-seq-len", dest="max_seq_len", type=int, default=None)
     parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16"])

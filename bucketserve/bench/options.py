@@ -43,8 +43,8 @@ class BenchOptions:
         return d
 
 
-# --quick: a tiny model and few tokens, so the whole run takes about a minute once its graphs are compiled
-# (the first run compiles them: minutes); the slow peer (HF static cache + torch.compile) is skipped.
+# --quick: a tiny model and few tokens, to check the pipeline rather than the speed; the slow peer (HF static
+# cache + torch.compile) is skipped.
 QUICK = dict(shape="tiny", max_seq_len=64, prefill_chunk_size=16, prompt_len=8, new_tokens=8, step_repeats=3,
              arrival_requests=6, peers=("eager", "hf", "llama.cpp"))
 
