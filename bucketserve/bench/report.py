@@ -48,7 +48,8 @@ def format_table(results: dict) -> str:
         cells = [f"{groups[str(s)]['seconds']:8.2f} ({groups[str(s)]['output_tokens_per_second']:7.1f})" for s in GROUP_SIZES]
         total = groups.get("total_seconds", sum(groups[str(s)]["seconds"] for s in GROUP_SIZES))
         lines.append(f"   {system:12s}                  " + "   ".join(f"{c:>21s}" for c in cells) + f"   {total:8.2f}")
-    if results["options"]["dtype"] != "float32" and "skipped" not in results["groups"].get("llama.cpp", {"skipped": ""}):
+    llama_cpp = results["groups"].get("llama.cpp")
+    if results["options"]["dtype"] != "float32" and llama_cpp and "skipped" not in llama_cpp:
         lines.append(f"   (llama.cpp reads GGUF F32 weights; the other systems ran {results['options']['dtype']})")
     arrivals = results.get("arrivals", {})
     if arrivals:

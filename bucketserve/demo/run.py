@@ -14,6 +14,8 @@ from .prompts import CONVERSATION_GROUPS
 
 COMPILE_OPTIONS = dict(batch_size=8, max_seq_len=512, decoder_batch_sizes=[8, 4, 1], prefill_chunk_size=64)
 MAX_TOKENS = 32
+# What prepare() writes under its cache dir, and all that a rebuild removes.
+CHECKPOINT, COMPILED, STAMP = "checkpoint", "compiled", "options.json"
 
 
 def default_cache_dir() -> Path:
@@ -23,8 +25,8 @@ def default_cache_dir() -> Path:
 
 def remove_built(cache_dir: Path) -> None:
     """Remove what prepare() writes, and only that: --cache-dir may name a folder holding other things."""
-    (cache_dir / "options.json").unlink(missing_ok=True)
-    for built in ("checkpoint", "compiled"):
+    (cache_dir / STAMP).unlink(missing_ok=True)
+    for built in (CHECKPOINT, COMPILED):
         shutil.rmtree(cache_dir / built, ignore_errors=True)
 
 
@@ -33,8 +35,7 @@ def prepare(cache_dir: Path, recompile: bool = False) -> Path:
     from ..compiler.manifest import CompiledModelError, verify_manifest
     from ..modeling import LlamaForCausalLM
 
-    checkpoint, compiled = cache_dir / "checkpoint", cache_dir / "compiled"
-    stamp = cache_dir / "options.json"
+    checkpoint, compiled, stamp = cache_dir / CHECKPOINT, cache_dir / COMPILED, cache_dir / STAMP
     # Keyed by the model code too: graphs compiled from older code are rebuilt, never run stale.
     wanted = json.dumps({**COMPILE_OPTIONS, "source": source_digest()}, sort_keys=True)
     if not recompile and compiled.is_dir() and stamp.is_file() and stamp.read_text() == wanted:

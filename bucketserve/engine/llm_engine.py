@@ -61,23 +61,10 @@ class LLMEngine:
         if bad:
             raise ValueError(f"prompt token ids {bad[:5]} are outside the vocabulary [0, {self.vocab_size})")
 
-    def validate_params(self, params: SamplingParams) -> None:
-        """What SamplingParams cannot check alone: the token ids and counts it names against this vocabulary
-        (caught here, not as an index error in a later step that would end every request in it)."""
-        for name in ("logprobs", "prompt_logprobs"):
-            count = getattr(params, name)
-            if count is not None and count > self.vocab_size:
-                raise ValueError(f"SamplingParams.{name} {count} is more than the vocabulary's {self.vocab_size} tokens; "
-                                 "use -1 for all of them")
-        for name, ids in (("stop_token_ids", params.stop_token_ids), ("logit_bias", list(params.logit_bias or {}))):
-            outside = [t for t in ids if t >= self.vocab_size]
-            if outside:
-                raise ValueError(f"{name} token ids {outside[:5]} are outside the vocabulary [0, {self.vocab_size})")
-
     def add_request(self, request_id: str, prompt: str | None, prompt_token_ids: list[int],
                     params: SamplingParams, arrival_time: float | None = None) -> None:
         self.validate_prompt(prompt_token_ids)
-        self.validate_params(params)
+        params.check_vocabulary(self.vocab_size)
         if request_id in self.requests:
             raise ValueError(f"request id {request_id!r} is already running")
         seqs = []

@@ -55,6 +55,19 @@ class SamplingParams:
             _is_int(t) and t >= 0 and _is_num(b) and abs(b) != float("inf") for t, b in self.logit_bias.items())),
             "logit_bias", self.logit_bias, "a dict of token id (>= 0) to a finite bias, or None")
 
+    def check_vocabulary(self, vocab_size: int) -> None:
+        """What the fields cannot check alone: the token ids and counts they name against a vocabulary (caught
+        when a request is added, not as an index error in a later step that would end every request in it)."""
+        for name in ("logprobs", "prompt_logprobs"):
+            count = getattr(self, name)
+            if count is not None and count > vocab_size:
+                raise SamplingParamsError(name, f"SamplingParams.{name} {count} is more than the vocabulary's "
+                                                f"{vocab_size} tokens; use -1 for all of them")
+        for name, ids in (("stop_token_ids", self.stop_token_ids), ("logit_bias", list(self.logit_bias or {}))):
+            outside = [t for t in ids if t >= vocab_size]
+            if outside:
+                raise SamplingParamsError(name, f"{name} token ids {outside[:5]} are outside the vocabulary [0, {vocab_size})")
+
     @property
     def stop_strings(self) -> list[str]:
         """stop as a list, read when a request starts (so a stop set after construction counts too)."""
@@ -77,6 +90,14 @@ def _is_num(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value  # rejects NaN
 
 
+class SamplingParamsError(ValueError):
+    """A field out of range; .field names it (the server reports it as the error's param)."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(message)
+        self.field = field
+
+
 def _check(ok: bool, name: str, value, rule: str) -> None:
     if not ok:
-        raise ValueError(f"SamplingParams.{name} must be {rule}, got {value!r}")
+        raise SamplingParamsError(name, f"SamplingParams.{name} must be {rule}, got {value!r}")

@@ -4,16 +4,15 @@ from __future__ import annotations
 import argparse
 import sys
 
-COMPILE_OPTIONS = ("batch_size", "max_seq_len", "tensor_parallel_size", "decoder_batch_sizes", "kvcache_block_size",
-                   "kvcache_num_blocks", "prefill_chunk_size", "dtype", "device", "compiler")
 
 
 def _compile(args) -> None:
+    from ..config import OPTION_NAMES
     from ..modeling import AutoModelForCausalLM
 
     # Only what was given (and --batch-size, 8 here against from_pretrained's 1): the rest takes
     # from_pretrained's defaults, which depend on the checkpoint and on each other.
-    options = {name: getattr(args, name) for name in COMPILE_OPTIONS if getattr(args, name) is not None}
+    options = {name: getattr(args, name) for name in OPTION_NAMES if getattr(args, name) is not None}
     model = AutoModelForCausalLM.from_pretrained(args.model, export=True, **options)
     model.save_pretrained(args.out)
     seconds = model.manifest["compile_seconds"]

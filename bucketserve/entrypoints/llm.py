@@ -77,7 +77,7 @@ class LLM:
         encoded = [self._encode(item) for item in items]
         for (_, token_ids), p in zip(encoded, params):  # reject bad prompts before any request starts
             self.llm_engine.validate_prompt(token_ids)
-            self.llm_engine.validate_params(p)
+            p.check_vocabulary(self.llm_engine.vocab_size)
         ids = []
         try:
             for (text, token_ids), p in zip(encoded, params):

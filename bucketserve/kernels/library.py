@@ -26,13 +26,13 @@ SOURCES = [Path(__file__).with_name(name) for name in ("paged_attention.cpp", "b
 OPS = ("paged_decode_attention", "blocked_linear")
 
 
-def registered() -> bool:
-    return all(hasattr(torch.ops.bucketserve, op) for op in OPS)
-
-
 def registered_ops() -> list[str]:
     """Those of OPS this process has: all, or none, unless an older library (fewer ops) was loaded."""
     return [op for op in OPS if hasattr(torch.ops.bucketserve, op)]
+
+
+def registered() -> bool:
+    return len(registered_ops()) == len(OPS)
 
 
 def vector_floats() -> int:

@@ -10,13 +10,9 @@ from .protocol import ChatCompletionRequest, CompletionRequest, SamplingFields
 
 def sampling_params(ctx: ServerContext, body: SamplingFields, max_tokens: int, logprobs: int | None,
                     prompt_logprobs: int | None = None) -> SamplingParams:
-    bad_stop_ids = [t for t in body.stop_token_ids or [] if t >= ctx.vocab_size]
-    if bad_stop_ids:
-        raise bad_request(f"stop_token_ids {bad_stop_ids[:5]} are outside the vocabulary [0, {ctx.vocab_size})",
-                          param="stop_token_ids")
-    logit_bias = _logit_bias(ctx, body.logit_bias)
+    logit_bias = _logit_bias(body.logit_bias)
     try:
-        return SamplingParams(
+        params = SamplingParams(
             n=body.n,
             temperature=_or(body.temperature, 1.0),
             top_p=_or(body.top_p, 1.0),
@@ -37,8 +33,10 @@ def sampling_params(ctx: ServerContext, body: SamplingFields, max_tokens: int, l
             prompt_logprobs=prompt_logprobs,
             logit_bias=logit_bias,
         )
+        params.check_vocabulary(ctx.vocab_size)
     except ValueError as error:  # SamplingParams names the field and the rule
-        raise bad_request(str(error)) from error
+        raise bad_request(str(error), param=getattr(error, "field", None)) from error
+    return params
 
 
 def reject_unsupported(body: CompletionRequest | ChatCompletionRequest) -> None:
@@ -61,18 +59,14 @@ def reject_unsupported(body: CompletionRequest | ChatCompletionRequest) -> None:
                           "only {\"type\": \"text\"}", param="response_format")
 
 
-def _logit_bias(ctx: ServerContext, logit_bias: dict[str, float] | None) -> dict[int, float] | None:
+def _logit_bias(logit_bias: dict[str, float] | None) -> dict[int, float] | None:
+    """JSON's string keys as token ids (their range is SamplingParams' to check)."""
     if not logit_bias:
         return None
     try:
-        ids = {int(token): bias for token, bias in logit_bias.items()}
+        return {int(token): bias for token, bias in logit_bias.items()}
     except ValueError as error:
         raise bad_request(f"logit_bias keys must be token ids, got {list(logit_bias)[:5]}", param="logit_bias") from error
-    outside = [token for token in ids if not 0 <= token < ctx.vocab_size]
-    if outside:
-        raise bad_request(f"logit_bias token ids {outside[:5]} are outside the vocabulary [0, {ctx.vocab_size})",
-                          param="logit_bias")
-    return ids
 
 
 def _or(value, default):
