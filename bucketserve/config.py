@@ -42,7 +42,7 @@ class CompileConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "CompileConfig":
+    def from_dict(cls, d: dict[str, Any]) -> CompileConfig:
         return cls(**{**d, "decoder_batch_sizes": tuple(d["decoder_batch_sizes"])})
 
 

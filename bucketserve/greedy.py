@@ -21,7 +21,7 @@ def greedy_generate(model, input_ids, max_new_tokens, attention_mask=None, eos_t
         )
     if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
-    prompts = [row[row_mask.bool()].tolist() for row, row_mask in zip(ids, mask)]
+    prompts = [row[row_mask.bool()].tolist() for row, row_mask in zip(ids, mask, strict=True)]
     longest = max(len(p) for p in prompts)
     if longest + max_new_tokens > config.max_seq_len:
         raise ValueError(

@@ -27,7 +27,7 @@ def logits_of(model) -> list[torch.Tensor]:
     block_size = model.rbln_config.kvcache_block_size
     prompts = prompts_for(model, [40, 17])
     tables = [[2, 3], [1]] if block_size < 64 else [[2], [1]]
-    logits = [model.prefill(p, t).logits for p, t in zip(prompts, tables)]
+    logits = [model.prefill(p, t).logits for p, t in zip(prompts, tables, strict=True)]
     for num_seqs in (2, 1):
         logits.extend(model.decode([5] * num_seqs, [len(p) for p in prompts[:num_seqs]], tables[:num_seqs]))
     return logits

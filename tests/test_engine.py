@@ -56,7 +56,7 @@ def test_twenty_requests_with_eight_rows_complete_in_order(compiled_llm, tiny_ch
     params = [SamplingParams(temperature=0.0, max_tokens=4 + i % 7, ignore_eos=True) for i in range(20)]
     outputs = compiled_llm.generate(batch, params, use_tqdm=False)
     assert [o.prompt for o in outputs] == batch
-    for o, p in zip(outputs, params):
+    for o, p in zip(outputs, params, strict=True):
         assert o.finished and o.outputs[0].finish_reason == "length"
         assert len(o.outputs[0].token_ids) == p.max_tokens
     for o in outputs[::6]:  # spot-check correctness against HF

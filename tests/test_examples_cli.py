@@ -6,8 +6,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from bucketserve import LLM, LlamaForCausalLM, SamplingParams
 from bucketserve.demo.checkpoint import build_random_checkpoint
 from bucketserve.demo.prompts import CONVERSATION_GROUPS
@@ -95,7 +93,7 @@ def test_cli_chat_reads_turns_until_eof(eager_dir, monkeypatch, capsys):
         try:
             return next(turns)
         except StopIteration:
-            raise EOFError
+            raise EOFError from None
 
     monkeypatch.setattr("builtins.input", fake_input)
     assert cli_main(["chat", str(eager_dir), "--max-tokens", "4"]) == 0

@@ -60,7 +60,7 @@ def check_against_hf(model, hf, prompt_lengths: list[int], decode_groups: list[i
     assert max(final_lengths) <= model.rbln_config.max_seq_len
     tables = shuffled_block_tables(model, final_lengths)
     sequences = []
-    for prompt, table in zip(prompts, tables):
+    for prompt, table in zip(prompts, tables, strict=True):
         logits = model.prefill(prompt, table).logits
         assert_close_to_hf(logits, hf_next_logits(hf, prompt), f"prefill of {len(prompt)} tokens")
         sequences.append(prompt + [int(logits.argmax())])
@@ -72,7 +72,7 @@ def check_against_hf(model, hf, prompt_lengths: list[int], decode_groups: list[i
             rows = sequences[:num_seqs]
             logits = model.decode([s[-1] for s in rows], [len(s) - 1 for s in rows], tables[:num_seqs])
             assert logits.shape == (num_seqs, model.config.vocab_size)
-            for row, sequence in zip(logits, rows):
+            for row, sequence in zip(logits, rows, strict=True):
                 assert_close_to_hf(row, hf_next_logits(hf, sequence), f"decoder_batch_{batch} with {num_seqs} rows")
                 sequence.append(int(row.argmax()))
         assert model.runner.decode_steps_per_decoder[batch] == steps_before + steps_per_group
@@ -137,15 +137,15 @@ def test_greedy_tokens_match_hf_generate_for_32_steps(compiled_dir, tiny_checkpo
         needed = -(-(len(prompt) + 32) // block_size)
         next_free -= needed
         tables.append(list(range(next_free, next_free + needed)))
-    generated = [[int(model.prefill(p, t).logits.argmax())] for p, t in zip(prompts, tables)]
+    generated = [[int(model.prefill(p, t).logits.argmax())] for p, t in zip(prompts, tables, strict=True)]
     for _ in range(31):
         logits = model.decode(
-            [g[-1] for g in generated], [len(p) + len(g) - 1 for p, g in zip(prompts, generated)], tables
+            [g[-1] for g in generated], [len(p) + len(g) - 1 for p, g in zip(prompts, generated, strict=True)], tables
         )
-        for g, row in zip(generated, logits):
+        for g, row in zip(generated, logits, strict=True):
             g.append(int(row.argmax()))
     assert model.runner.decode_steps_per_decoder[model.decoder_batch_size_for(num_seqs)] == 31
-    for prompt, tokens in zip(prompts, generated):
+    for prompt, tokens in zip(prompts, generated, strict=True):
         assert tokens == hf_greedy(hf, prompt, 32)
 
 

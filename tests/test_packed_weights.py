@@ -13,7 +13,12 @@ from bucketserve.compiler import aoti
 from bucketserve.compiler.graph_specs import GraphSpec
 from bucketserve.compiler.layout import GRAPHS_DIR
 from bucketserve.compiler.packed_weights import (
-    GEMM_TEMPLATE_CONFIGS, PackedWeightError, block_rows, block_sizes_by_shape, build_packed, describe_packed,
+    GEMM_TEMPLATE_CONFIGS,
+    PackedWeightError,
+    block_rows,
+    block_sizes_by_shape,
+    build_packed,
+    describe_packed,
 )
 
 

@@ -4,7 +4,14 @@ import torch
 import torch.nn.functional as F
 
 from bucketserve.compiler.packed_weights import block_rows
-from bucketserve.models.projections import COMPILED_DECODE, EAGER, GraphForm, blocked_linear, blocked_weight, dense_linear
+from bucketserve.models.projections import (
+    COMPILED_DECODE,
+    EAGER,
+    GraphForm,
+    blocked_linear,
+    blocked_weight,
+    dense_linear,
+)
 
 
 @pytest.mark.parametrize("shape", [(8, 96), (1, 37, 96), (0, 96)])

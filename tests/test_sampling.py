@@ -183,7 +183,7 @@ def test_logprobs_match_hf(llm, hf_model):
     out = greedy(llm, 8, logprobs=3).outputs[0]
     prompt_ids = llm.get_tokenizer().encode(PROMPT)
     total = 0.0
-    for i, (token, entries) in enumerate(zip(out.token_ids, out.logprobs)):
+    for i, (token, entries) in enumerate(zip(out.token_ids, out.logprobs, strict=True)):
         reference = torch.log_softmax(hf_next_logits(hf_model, prompt_ids + out.token_ids[:i]), -1)
         top = reference.topk(3)
         assert set(entries) == set(top.indices.tolist()) | {token}

@@ -69,12 +69,12 @@ def test_a_request_added_later_joins_the_running_batch(llm_engine):
                 break
         second = await engine.add_request("second", None, prompt("The second one", llm_engine),
                                           SamplingParams(temperature=0, max_tokens=5))
-        async for output in second:
+        async for output in second:  # noqa: B007 (the last output is what is checked)
             pass
         assert output.finished and len(output.outputs[0].token_ids) == 5
         # The second request ran while the first was still generating, i.e. in the same decode batches.
         first_progress = None
-        async for first_progress in first:
+        async for first_progress in first:  # noqa: B007 (the last output is returned)
             pass
         return first_progress, engine
 

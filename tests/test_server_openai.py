@@ -173,7 +173,7 @@ def test_sixteen_concurrent_streams_match_offline_greedy(server, offline_llm):
 
     async def all_clients():
         async with openai.AsyncOpenAI(base_url=server.base_url + "/v1", api_key="unused", max_retries=0) as client:
-            return await asyncio.gather(*(one(client, p, m) for p, m in zip(prompts, max_tokens)))
+            return await asyncio.gather(*(one(client, p, m) for p, m in zip(prompts, max_tokens, strict=True)))
 
     served = asyncio.run(all_clients())
     offline = offline_llm.generate(prompts, [SamplingParams(temperature=0, max_tokens=m) for m in max_tokens], use_tqdm=False)

@@ -61,7 +61,7 @@ def run_arrivals(model, tokenizer, options: BenchOptions, offsets: list[float]) 
     params = greedy_params(options)
     prompts = make_prompts(options, len(offsets), len(tokenizer), salt=1000)
     steps_before = dict(runner.decode_steps_per_decoder)
-    pending = deque(zip(offsets, prompts))
+    pending = deque(zip(offsets, prompts, strict=True))
     finished, running_per_step = [], Counter()
     start = time.time()
     while pending or engine.has_unfinished_requests():

@@ -15,9 +15,9 @@ import traceback
 import torch
 
 from ..compiler.source_digest import source_digest
+from ..demo.checkpoint import SHAPES
 from . import arrivals, artifacts, baselines, memory, plots, profile, report, roofline, scenarios, targets
 from .options import BUCKETS, PEERS, SINGLE, BenchOptions, build_options
-from ..demo.checkpoint import SHAPES
 from .workload import load_tokenizer
 
 RESULTS_FILE = "bench.json"
@@ -266,8 +266,8 @@ def greedy_agreement(groups: dict) -> dict:
         for size, group in system.items():
             if not isinstance(group, dict) or "token_ids" not in group:
                 continue
-            for ours, theirs in zip(reference[size]["token_ids"], group["token_ids"]):
-                prefix = next((i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b), min(len(ours), len(theirs)))
+            for ours, theirs in zip(reference[size]["token_ids"], group["token_ids"], strict=False):
+                prefix = next((i for i, (a, b) in enumerate(zip(ours, theirs, strict=False)) if a != b), min(len(ours), len(theirs)))
                 fractions.append(prefix / max(1, len(ours)))
                 exact += ours == theirs
         if fractions:

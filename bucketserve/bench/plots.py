@@ -37,7 +37,7 @@ def _step_plot(results: dict, path: Path, plt) -> Path:
     positions = range(len(labels))
     ax.bar([p - 0.2 for p in positions], steps, width=0.4, label="measured step (median)")
     ax.bar([p + 0.2 for p in positions], floors, width=0.4, label="floor: bytes / read bandwidth")
-    for p, (step, floor) in enumerate(zip(steps, floors)):
+    for p, (step, floor) in enumerate(zip(steps, floors, strict=True)):
         ax.annotate(f"{step / floor:.1f}x", (p - 0.2, step), ha="center", va="bottom", fontsize=8)
     ax.set_xticks(list(positions), labels, fontsize=8)
     ax.set_ylabel("ms per decode step")

@@ -5,6 +5,7 @@ the peers in baselines.py.
 """
 from __future__ import annotations
 
+import functools
 import statistics
 import time
 
@@ -29,7 +30,7 @@ def step_latency(model, options: BenchOptions, bytes_per_second: float) -> dict:
     for batch in sorted(model.compile_config.decoder_batch_sizes, reverse=True):
         tables = full_context_tables(model, batch)
         ids, positions = [1] * batch, [last] * batch
-        times = sorted_seconds(lambda: model.decode(ids, positions, tables), options.step_repeats, warmup=WARMUP_STEPS)
+        times = sorted_seconds(functools.partial(model.decode, ids, positions, tables), options.step_repeats, warmup=WARMUP_STEPS)
         floor = step_floor(model, batch, last + 1, bytes_per_second)
         median = statistics.median(times)
         results[str(batch)] = {

@@ -17,7 +17,7 @@ from the loaded weights, once for every graph that asks for the same one.
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 

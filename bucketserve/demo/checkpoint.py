@@ -99,6 +99,6 @@ def build_random_checkpoint(
 def _spread_weights(model: torch.nn.Module) -> None:
     # HF initialises with std 0.02, which makes a tiny random model's logits nearly flat; a wider spread
     # gives distinct argmaxes, so greedy comparisons in tests actually discriminate.
-    for name, param in model.named_parameters():
+    for param in model.parameters():
         if param.dim() == 2:
             param.normal_(0.0, 1.0 / param.shape[1] ** 0.5 * 2.0)

@@ -106,7 +106,7 @@ class LLMEngine:
                 [seq.block_table for seq in plan.decodes],
             )
             self.last_decoder_batch_size = self.model.decoder_batch_size_for(len(plan.decodes))
-            for seq, sample in zip(plan.decodes, self.sampler(logits, plan.decodes)):
+            for seq, sample in zip(plan.decodes, self.sampler(logits, plan.decodes), strict=True):
                 self._append(seq, sample, touched)
         for seq in plan.prefills:
             self._prefill(seq, now, touched)

@@ -26,7 +26,7 @@ def position_logprobs(logprobs: torch.Tensor, chosen: int, k: int, decode) -> Po
     entries: PositionLogprobs = {}
     if k:
         values, ids = logprobs.topk(k)
-        for rank, (token, value) in enumerate(zip(ids.tolist(), values.tolist()), start=1):
+        for rank, (token, value) in enumerate(zip(ids.tolist(), values.tolist(), strict=True), start=1):
             entries[token] = Logprob(value, rank, decode(token))
     if chosen not in entries:
         rank = int((logprobs > logprobs[chosen]).sum()) + 1
@@ -48,7 +48,7 @@ class Sampler:
         tokens = [self._choose(logits[i], greedy_tokens[i], seq) for i, seq in enumerate(seqs)]
         chosen = (logits[torch.arange(len(seqs)), tokens] - log_normalizers[:, 0]).tolist()
         samples = []
-        for i, (seq, token) in enumerate(zip(seqs, tokens)):
+        for i, (seq, token) in enumerate(zip(seqs, tokens, strict=True)):
             top = None
             if seq.params.logprobs is not None:
                 top = position_logprobs(logits[i] - log_normalizers[i], token, seq.params.logprobs, self.decode_token)
@@ -63,7 +63,7 @@ class Sampler:
         if params.uses_penalties:
             logits = apply_penalties(logits, seq.prompt_token_ids, seq.output_token_ids, params)
         if params.logit_bias:
-            ids, biases = zip(*params.logit_bias.items())
+            ids, biases = zip(*params.logit_bias.items(), strict=True)
             logits = logits.index_add(0, torch.tensor(ids), torch.tensor(biases, dtype=logits.dtype))
         if len(seq.output_token_ids) < params.min_tokens:
             banned = set(params.stop_token_ids) | (set() if params.ignore_eos else self.eos_token_ids)

@@ -5,7 +5,6 @@ import argparse
 import sys
 
 
-
 def _compile(args) -> None:
     from ..config import OPTION_NAMES
     from ..modeling import AutoModelForCausalLM

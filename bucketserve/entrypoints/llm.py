@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import operator
 import time
-from typing import Any, Sequence as Seq
+from collections.abc import Sequence as Seq
+from typing import Any
 
 from tqdm.auto import tqdm
 
@@ -61,7 +62,7 @@ class LLM:
         """Stop tensor-parallel workers; the LLM cannot generate afterwards. (Also done on garbage collection.)"""
         self.model.close()
 
-    def __enter__(self) -> "LLM":
+    def __enter__(self) -> LLM:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -75,12 +76,12 @@ class LLM:
         items = _as_prompt_list(prompts)
         params = _params_per_prompt(sampling_params, len(items))
         encoded = [self._encode(item) for item in items]
-        for (_, token_ids), p in zip(encoded, params):  # reject bad prompts before any request starts
+        for (_, token_ids), p in zip(encoded, params, strict=True):  # reject bad prompts before any request starts
             self.llm_engine.validate_prompt(token_ids)
             p.check_vocabulary(self.llm_engine.vocab_size)
         ids = []
         try:
-            for (text, token_ids), p in zip(encoded, params):
+            for (text, token_ids), p in zip(encoded, params, strict=True):
                 ids.append(self.llm_engine.new_request_id())
                 self.llm_engine.add_request(ids[-1], text, token_ids, p)
         except BaseException:  # leave nothing of this call in the engine

@@ -29,7 +29,7 @@ class ModelConfig:
     sliding_window: int | None
 
     @classmethod
-    def from_hf_dict(cls, hf: dict[str, Any]) -> "ModelConfig":
+    def from_hf_dict(cls, hf: dict[str, Any]) -> ModelConfig:
         model_type = hf.get("model_type")
         if model_type not in SUPPORTED_MODEL_TYPES:
             raise ValueError(
@@ -81,7 +81,7 @@ class ModelConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
+    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
         return cls(**d)
 
 

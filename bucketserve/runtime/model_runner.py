@@ -104,7 +104,7 @@ class ModelRunner:
         batch = self.decoder_batch_size_for(num_seqs)
         cache = self.kv_cache
         tables = [cache.padded_block_table(t) for t in block_tables]
-        slots = [cache.slot(t, p) for t, p in zip(block_tables, positions)]
+        slots = [cache.slot(t, p) for t, p in zip(block_tables, positions, strict=True)]
         padding = batch - num_seqs
         # Padding rows: token 0 at position 0 of the dummy block, which no sequence owns.
         logits = self.decoders[batch](

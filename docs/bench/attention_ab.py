@@ -9,6 +9,7 @@ tree's (its ops renamed into the namespace `before`), both are checked to agree,
 25) times one call per layer of each, alternately. Separate processes or runs one after another move by 10
 to 30% on our shared machine; pairs taken this close together do not, so their medians compare.
 """
+import functools
 import subprocess
 import sys
 import tempfile
@@ -53,7 +54,7 @@ torch.testing.assert_close(outputs[0], outputs[1], rtol=1e-5, atol=1e-5)
 seconds = {name: [] for name in kernels}
 for _ in range(rounds):
     for name, kernel in kernels.items():
-        seconds[name] += sorted_seconds(lambda: every_layer(kernel), repeats=1, warmup=0)
+        seconds[name] += sorted_seconds(functools.partial(every_layer, kernel), repeats=1, warmup=0)
 context_bytes = rows * context_len * KV_HEADS * HEAD_DIM * 4 * 2 * LAYERS
 for name, times in seconds.items():
     median = sorted(times)[len(times) // 2]

@@ -2,17 +2,22 @@
 
     python docs/bench/one_decoder.py BATCH CHECKPOINT_DIR   # the bench's cached checkpoint-smollm2-135m-* directory
 """
-import sys, time, torch
+import sys
+import time
 from pathlib import Path
+
+import torch
+
 torch.set_num_threads(2)
+from bucketserve.compiler import aoti
+from bucketserve.compiler.graph_specs import decoder_specs, graph_constants
 from bucketserve.config import build_compile_config
 from bucketserve.models.checkpoint import map_safetensors, read_hf_config
 from bucketserve.models.config import ModelConfig
-from bucketserve.runtime.weights import build_model
-from bucketserve.runtime.kv_cache import KVCache
-from bucketserve.compiler import aoti
-from bucketserve.compiler.graph_specs import decoder_specs, graph_constants
 from bucketserve.models.llama import DecoderGraph
+from bucketserve.runtime.kv_cache import KVCache
+from bucketserve.runtime.weights import build_model
+
 ck = Path(sys.argv[2]).expanduser()
 mc = ModelConfig.from_hf_dict(read_hf_config(ck))
 batch = int(sys.argv[1])

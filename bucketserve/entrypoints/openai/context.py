@@ -3,9 +3,10 @@ loop, one for the prompt thread), the metrics, and the serving options (model na
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 from ...engine.async_engine import AsyncLLMEngine
 from .errors import OpenAIError, bad_request

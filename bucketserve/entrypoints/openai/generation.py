@@ -3,7 +3,8 @@ outputs (merged, in arrival order), and abort whatever is unfinished when the cl
 from __future__ import annotations
 
 import asyncio
-from typing import AsyncIterator, Awaitable, TypeVar
+from collections.abc import AsyncIterator, Awaitable
+from typing import TypeVar
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -28,7 +29,7 @@ async def start_requests(ctx: ServerContext, request_id: str, prompts: list[Prom
     ctx.check_capacity(len(prompts))
     streams: list[RequestStream] = []
     try:
-        for index, (prompt, prompt_params) in enumerate(zip(prompts, params)):
+        for index, (prompt, prompt_params) in enumerate(zip(prompts, params, strict=True)):
             streams.append(await ctx.engine.add_request(f"{request_id}-{index}", prompt.text, prompt.token_ids, prompt_params))
     except ValueError as error:
         abort_unfinished(ctx, streams)

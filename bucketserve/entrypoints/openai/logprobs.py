@@ -13,7 +13,7 @@ def completion_logprobs(token_ids: list[int], positions: list[PositionLogprobs |
                         text_offset: int = 0) -> CompletionLogprobs:
     """positions[i] holds token_ids[i] and the top alternatives there, or None (the first prompt token)."""
     result = CompletionLogprobs()
-    for token_id, entries in zip(token_ids, positions):
+    for token_id, entries in zip(token_ids, positions, strict=True):
         chosen = entries.get(token_id) if entries else None
         token = chosen.decoded_token if chosen is not None and chosen.decoded_token is not None else tokenizer.decode([token_id])
         result.tokens.append(token)
@@ -30,7 +30,7 @@ def completion_logprobs(token_ids: list[int], positions: list[PositionLogprobs |
 
 def chat_logprobs(token_ids: list[int], positions: list[PositionLogprobs], top_logprobs: int, tokenizer) -> ChatLogprobs:
     content = []
-    for token_id, entries in zip(token_ids, positions):
+    for token_id, entries in zip(token_ids, positions, strict=True):
         chosen = entries[token_id]
         text = _text(token_id, chosen, tokenizer)
         ranked = sorted((lp.rank or 0, t, lp) for t, lp in entries.items() if lp.rank is not None and lp.rank <= top_logprobs)

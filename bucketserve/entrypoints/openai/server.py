@@ -19,8 +19,17 @@ from ...engine.async_engine import AsyncLLMEngine
 from .context import ServerContext
 from .errors import OpenAIError, install_error_handlers
 from .metrics import ServerMetrics
-from .protocol import (ChatCompletionRequest, CompletionRequest, DetokenizeRequest, ErrorResponse, ModelCard,
-                       ModelList, TokenizeChatRequest, TokenizeCompletionRequest, dump)
+from .protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    DetokenizeRequest,
+    ErrorResponse,
+    ModelCard,
+    ModelList,
+    TokenizeChatRequest,
+    TokenizeCompletionRequest,
+    dump,
+)
 from .serving_chat import create_chat_completion
 from .serving_completion import create_completion
 from .serving_tokens import detokenize, tokenize, tokenizer_info

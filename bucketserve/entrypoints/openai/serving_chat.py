@@ -15,8 +15,18 @@ from .errors import bad_request
 from .generation import ENGINE_ERRORS, abort_unfinished, await_final_outputs, engine_error, follow, start_requests
 from .logprobs import chat_logprobs
 from .prompts import chat_prompt, check_prompt
-from .protocol import (AssistantMessage, ChatChoice, ChatChunkChoice, ChatCompletionChunk, ChatCompletionRequest,
-                       ChatCompletionResponse, ChatLogprobs, DeltaMessage, Usage, dump)
+from .protocol import (
+    AssistantMessage,
+    ChatChoice,
+    ChatChunkChoice,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    ChatLogprobs,
+    DeltaMessage,
+    Usage,
+    dump,
+)
 from .sampling import reject_unsupported, sampling_params
 from .sse import DONE, EventStreamResponse, event
 

@@ -5,8 +5,14 @@ from __future__ import annotations
 from .context import ServerContext
 from .errors import bad_request
 from .prompts import render_chat
-from .protocol import (DetokenizeRequest, DetokenizeResponse, TokenizeChatRequest, TokenizeCompletionRequest,
-                       TokenizeResponse, TokenizerInfo)
+from .protocol import (
+    DetokenizeRequest,
+    DetokenizeResponse,
+    TokenizeChatRequest,
+    TokenizeCompletionRequest,
+    TokenizeResponse,
+    TokenizerInfo,
+)
 
 
 def tokenize(ctx: ServerContext, body: TokenizeCompletionRequest | TokenizeChatRequest) -> TokenizeResponse:
