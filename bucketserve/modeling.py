@@ -15,11 +15,11 @@ from typing import Any
 
 import torch
 
+from .checkpoints import Checkpoint, open_checkpoint, resolve_model_dir
 from .compiler.build import build_compiled_directory
 from .compiler.manifest import read_manifest, verify_manifest, weight_like_files
 from .compiler.tensor_parallel import compile_tensor_parallel
 from .config import CompileConfig, build_compile_config, normalize_decoder_batch_sizes, split_rbln_aliases
-from .models.checkpoint import map_safetensors, read_hf_config, resolve_model_dir
 from .models.config import SUPPORTED_MODEL_TYPES, ModelConfig
 from .runtime.kv_cache import KVCache
 from .runtime.model_runner import ModelRunner, PrefillOutput
@@ -44,13 +44,19 @@ class BucketModelForCausalLM:
 
     # ---- construction ----
     @classmethod
-    def from_pretrained(cls, model_id: str | os.PathLike | None = None, export: bool = False, **options: Any):
+    def from_pretrained(cls, model_id: str | os.PathLike | None = None, export: bool = False,
+                        gguf_file: str | os.PathLike | None = None, **options: Any):
+        """export=True compiles model_id: a Hugging Face checkpoint directory (or a hub id in the local cache), a
+        GGUF file, or a directory holding gguf_file. export=False loads a compiled directory."""
         if model_id is None:
-            raise TypeError("from_pretrained needs model_id: a checkpoint directory, a cached hub id, or a compiled directory")
-        model_dir = resolve_model_dir(model_id)
+            raise TypeError("from_pretrained needs model_id: a checkpoint directory, a cached hub id, a GGUF file, "
+                            "or a compiled directory")
         if export:
-            return cls._compile(model_dir, options)
-        return cls._load(model_dir, options)
+            return cls._compile(open_checkpoint(model_id, gguf_file), options)
+        if gguf_file is not None or Path(model_id).is_file():
+            raise ValueError(f"{Path(model_id) / (gguf_file or '')} is a checkpoint to compile, not a compiled "
+                             f"directory: pass export=True (then save_pretrained), or load a compiled directory")
+        return cls._load(resolve_model_dir(model_id), options)
 
     @classmethod
     def _check_model_type(cls, model_type: str) -> None:
@@ -61,24 +67,23 @@ class BucketModelForCausalLM:
             )
 
     @classmethod
-    def _compile(cls, source_dir: Path, options: dict[str, Any]):
-        hf_config = read_hf_config(source_dir)
-        model_config = ModelConfig.from_hf_dict(hf_config)
+    def _compile(cls, checkpoint: Checkpoint, options: dict[str, Any]):
+        model_config = ModelConfig.from_hf_dict(checkpoint.hf_config)
         cls._check_model_type(model_config.model_type)
         compile_config = build_compile_config(options, model_config)
-        weights = map_safetensors(source_dir)  # nothing is read until a tensor is used
-        model_config = tied_as_stored(model_config, weights.tensors)
+        weights = checkpoint.float_tensors()  # nothing is read (or dequantized) until a tensor is used
+        model_config = tied_as_stored(model_config, weights)
         out_dir = Path(tempfile.mkdtemp(prefix="bucketserve-"))
         try:
             if compile_config.tensor_parallel_size == 1:
                 device = torch.device(compile_config.device)
-                model = build_model(model_config, compile_config, weights.tensors, device)
-                build_compiled_directory(source_dir, out_dir, model, compile_config)
+                model = build_model(model_config, compile_config, weights, device)
+                build_compiled_directory(checkpoint, out_dir, model, compile_config)
                 runner = ModelRunner(out_dir, model, compile_config, device)  # reuses the weights just built
-                weights.release_pages()  # see load_rank_runner
+                checkpoint.release_pages()  # see load_rank_runner
             else:
-                weights.release_pages()  # the ranks map the checkpoint themselves
-                compile_tensor_parallel(source_dir, out_dir, compile_config, model_config)
+                checkpoint.release_pages()  # the ranks open the checkpoint themselves
+                compile_tensor_parallel(checkpoint, out_dir, compile_config, model_config)
                 runner = TensorParallelRunner(out_dir, compile_config, model_config)
             instance = cls(out_dir, runner, read_manifest(out_dir))
         except BaseException:

@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from bucketserve import AutoModelForCausalLM
-from bucketserve.models.checkpoint import MappedWeights
+from bucketserve.checkpoints.safetensors_checkpoint import MappedWeights
 
 EAGER = dict(compiler="eager", batch_size=2, max_seq_len=64)
 

@@ -76,7 +76,7 @@ def llama_cpp_groups(gguf_path, options: BenchOptions, tokenizer_vocab: int) -> 
         from llama_cpp import Llama
     except ImportError as err:
         return {"skipped": f"llama-cpp-python is not installed ({err}); pip install -e '.[bench]'"}
-    # The GGUF is always F32 (gguf_export): with --dtype bfloat16 llama.cpp still reads fp32 weights.
+    # The GGUF is always F32 (checkpoints.gguf_writer): with --dtype bfloat16 llama.cpp still reads fp32 weights.
     llm = Llama(model_path=str(gguf_path), n_ctx=options.max_seq_len, n_batch=options.prefill_chunk_size,
                 n_threads=options.threads, n_threads_batch=options.threads, seed=options.seed, verbose=False)
     _llama_cpp_generate(llm, make_prompts(options, 1, tokenizer_vocab, salt=99)[0], 2)  # warm-up

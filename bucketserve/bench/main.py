@@ -246,7 +246,7 @@ def _llama_cpp(checkpoint, options: BenchOptions, vocab: int) -> dict:
         import llama_cpp  # noqa: F401
     except ImportError as err:
         return {"skipped": f"{err.name} is not installed; pip install -e '.[bench]' (llama-cpp-python builds llama.cpp from source)"}
-    from .gguf_export import write_gguf
+    from ..checkpoints.gguf_writer import write_gguf
 
     path = checkpoint / "model-f32.gguf"
     if not path.is_file():

@@ -3,16 +3,16 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import time
 from pathlib import Path
 
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
+from ..checkpoints.base import Checkpoint
+from ..checkpoints.safetensors_checkpoint import SINGLE_FILE
 from ..config import CompileConfig
 from ..kernels import library
-from ..models.checkpoint import SINGLE_FILE
 from ..models.llama import LlamaForCausalLM
 from ..runtime.kv_cache import KVCache
 from ..runtime.weights import weights_to_save
@@ -24,45 +24,23 @@ from .packed_weights import block_sizes_by_shape
 
 logger = logging.getLogger(__name__)
 
-# Files a Hugging Face checkpoint keeps beside its weights that tokenizers and generation need.
-COPIED_FILES = (
-    "config.json",
-    "generation_config.json",
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "tokenizer.model",
-    "vocab.json",
-    "merges.txt",
-    "added_tokens.json",
-    "chat_template.jinja",
-    "chat_template.json",
-)
-# Any of these makes a tokenizer AutoTokenizer can load (with tokenizer_config.json beside it).
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
-
-
 def build_compiled_directory(
-    source_dir: Path, out_dir: Path, model: LlamaForCausalLM, compile_config: CompileConfig
+    checkpoint: Checkpoint, out_dir: Path, model: LlamaForCausalLM, compile_config: CompileConfig
 ) -> None:
     """The whole directory for tensor_parallel_size 1: shared files, weights, graphs, manifest."""
-    compile_seconds = write_rank_files(source_dir, out_dir, model, compile_config, rank=0, world_size=1)
-    write_manifest(out_dir, compile_config.to_dict(), model.config.to_dict(), compile_seconds)
+    compile_seconds = write_rank_files(checkpoint, out_dir, model, compile_config, rank=0, world_size=1)
+    write_manifest(out_dir, compile_config.to_dict(), model.config.to_dict(), compile_seconds, checkpoint.describe())
 
 
 def write_rank_files(
-    source_dir: Path, out_dir: Path, model: LlamaForCausalLM, compile_config: CompileConfig, rank: int, world_size: int
+    checkpoint: Checkpoint, out_dir: Path, model: LlamaForCausalLM, compile_config: CompileConfig, rank: int,
+    world_size: int,
 ) -> dict[str, float]:
     """One rank's weights and graphs (rank 0 also writes the shared files); returns seconds per graph."""
     target = rank_dir(out_dir, rank, world_size)
     target.mkdir(parents=True, exist_ok=True)
     if rank == 0:
-        for name in COPIED_FILES:
-            if (source_dir / name).is_file():
-                shutil.copy2(source_dir / name, out_dir / name)
-        if not any((source_dir / name).is_file() for name in TOKENIZER_FILES):
-            logger.warning("%s has no tokenizer files (%s): the compiled directory will have none, so LLM() and the "
-                           "server will need tokenizer=... pointing at one", source_dir, ", ".join(TOKENIZER_FILES))
+        checkpoint.write_support_files(out_dir)
         if not (out_dir / "generation_config.json").is_file():
             _write_generation_config(out_dir)
     save_file(weights_to_save(model), str(target / SINGLE_FILE), metadata={"format": "pt"})

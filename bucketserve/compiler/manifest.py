@@ -4,12 +4,13 @@ Loading checks it first, so a broken directory fails here with the file's name, 
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from ..checkpoints.file_digest import sha256_of
 
 MANIFEST = "bucketserve_manifest.json"
 # 2: decoder graphs take context_positions, of any length up to max_seq_len
@@ -23,15 +24,9 @@ class CompiledModelError(RuntimeError):
     """A compiled directory that cannot be loaded as it is; the message says which file and what to do."""
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def write_manifest(directory: Path, compile_config: dict, model_config: dict, compile_seconds: dict) -> None:
+def write_manifest(directory: Path, compile_config: dict, model_config: dict, compile_seconds: dict,
+                   source: dict) -> None:
+    """source: what the model was compiled from (Checkpoint.describe: format, file, tensor types)."""
     files = {
         str(p.relative_to(directory)): {"sha256": sha256_of(p), "bytes": p.stat().st_size}
         for p in sorted(directory.rglob("*"))
@@ -42,6 +37,7 @@ def write_manifest(directory: Path, compile_config: dict, model_config: dict, co
         "torch_version": torch.__version__,
         "compile_config": compile_config,
         "model_config": model_config,
+        "source": source,
         "compile_seconds": compile_seconds,
         "files": files,
     }

@@ -12,8 +12,8 @@ from pathlib import Path
 
 from torch._inductor.runtime.cache_dir_utils import cache_dir
 
+from ..checkpoints import Checkpoint, open_checkpoint
 from ..config import CompileConfig
-from ..models.checkpoint import map_safetensors
 from ..models.config import ModelConfig
 from ..models.tensor_parallel import shard_model
 from ..runtime import distributed
@@ -29,9 +29,10 @@ def _compile_rank(job: dict) -> dict[str, float]:
     distributed.init_process_group(rank, world_size, job["port"], config.device)
     try:
         device = distributed.rank_device(config.device, rank)
-        full = build_model(ModelConfig.from_dict(job["model_config"]), config, map_safetensors(Path(job["source_dir"])).tensors, device)
+        checkpoint = open_checkpoint(job["source"])
+        full = build_model(ModelConfig.from_dict(job["model_config"]), config, checkpoint.float_tensors(), device)
         model = shard_model(full, rank, world_size)
-        return write_rank_files(Path(job["source_dir"]), Path(job["out_dir"]), model, config, rank, world_size)
+        return write_rank_files(checkpoint, Path(job["out_dir"]), model, config, rank, world_size)
     finally:
         distributed.destroy_process_group()
 
@@ -43,10 +44,11 @@ def rank_inductor_cache(rank: int) -> dict[str, str]:
     return {"TORCHINDUCTOR_CACHE_DIR": os.path.join(cache_dir(), f"tensor_parallel_rank{rank}")}
 
 
-def compile_tensor_parallel(source_dir: Path, out_dir: Path, compile_config: CompileConfig, model_config: ModelConfig) -> None:
+def compile_tensor_parallel(checkpoint: Checkpoint, out_dir: Path, compile_config: CompileConfig,
+                            model_config: ModelConfig) -> None:
     port = distributed.free_port()
     workers = [
-        WorkerProcess(compile_rank_main, dict(rank=rank, port=port, source_dir=str(source_dir), out_dir=str(out_dir),
+        WorkerProcess(compile_rank_main, dict(rank=rank, port=port, source=str(checkpoint.source), out_dir=str(out_dir),
                                               compile_config=compile_config.to_dict(), model_config=model_config.to_dict()),
                       name=f"compile rank {rank}", env=rank_inductor_cache(rank))
         for rank in range(compile_config.tensor_parallel_size)
@@ -71,7 +73,8 @@ def compile_tensor_parallel(source_dir: Path, out_dir: Path, compile_config: Com
             worker.stop(timeout=0 if failure else 30)
     if failure:
         raise RuntimeError(f"tensor-parallel compilation failed on {failure}")
-    write_manifest(out_dir, compile_config.to_dict(), model_config.to_dict(), dict(sorted(compile_seconds.items())))
+    write_manifest(out_dir, compile_config.to_dict(), model_config.to_dict(), dict(sorted(compile_seconds.items())),
+                   checkpoint.describe())
 
 
 def compile_rank_main(conn: Connection) -> None:

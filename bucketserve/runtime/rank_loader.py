@@ -3,9 +3,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..checkpoints.safetensors_checkpoint import map_safetensors
 from ..compiler.layout import rank_dir
 from ..config import CompileConfig
-from ..models.checkpoint import map_safetensors
 from ..models.config import ModelConfig
 from .distributed import rank_device
 from .model_runner import ModelRunner

@@ -15,10 +15,10 @@ from pathlib import Path
 import torch
 
 from bucketserve.bench.timing import sorted_seconds
+from bucketserve.checkpoints.safetensors_checkpoint import map_safetensors, read_hf_config
 from bucketserve.compiler.aoti import compile_graph, load_graph
 from bucketserve.compiler.graph_specs import decoder_name, decoder_specs, graph_constants
 from bucketserve.config import build_compile_config
-from bucketserve.models.checkpoint import map_safetensors, read_hf_config
 from bucketserve.models.config import ModelConfig
 from bucketserve.models.projections import GraphForm
 from bucketserve.runtime.kv_cache import KVCache

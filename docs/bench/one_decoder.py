@@ -9,10 +9,10 @@ from pathlib import Path
 import torch
 
 torch.set_num_threads(2)
+from bucketserve.checkpoints.safetensors_checkpoint import map_safetensors, read_hf_config
 from bucketserve.compiler import aoti
 from bucketserve.compiler.graph_specs import decoder_specs, graph_constants
 from bucketserve.config import build_compile_config
-from bucketserve.models.checkpoint import map_safetensors, read_hf_config
 from bucketserve.models.config import ModelConfig
 from bucketserve.models.llama import DecoderGraph
 from bucketserve.runtime.kv_cache import KVCache

@@ -1,41 +1,53 @@
-"""Finding a checkpoint (local dir or the local Hugging Face cache) and reading its safetensors weights."""
+"""A Hugging Face checkpoint directory: config.json, tokenizer files and safetensors weights (one file or shards)."""
 from __future__ import annotations
 
 import json
+import logging
 import math
 import mmap
 import os
+import shutil
 import struct
+from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import torch
+
+from .base import Checkpoint, CheckpointError
+
+logger = logging.getLogger(__name__)
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 
 
-def resolve_model_dir(model_id: str | os.PathLike) -> Path:
-    """A local directory as is; a hub id through the local HF cache only (no network at run time)."""
-    path = Path(model_id).expanduser()
-    if path.is_dir():
-        return path
-    from huggingface_hub import constants, snapshot_download
-    from huggingface_hub.errors import LocalEntryNotFoundError
-
-    try:
-        return Path(snapshot_download(str(model_id), local_files_only=True))
-    except (LocalEntryNotFoundError, ValueError, OSError) as err:
-        raise FileNotFoundError(
-            f"model {str(model_id)!r} not found: it is not a local directory ({path.resolve()}) and not in the "
-            f"local Hugging Face cache ({constants.HF_HUB_CACHE}); bucketserve never downloads at run time, so "
-            f"download it first (e.g. `huggingface-cli download {model_id}`) or pass a directory"
-        ) from err
+# Files a Hugging Face checkpoint keeps beside its weights that tokenizers and generation need.
+COPIED_FILES = (
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "tokenizer.model",
+    "vocab.json",
+    "merges.txt",
+    "added_tokens.json",
+    "chat_template.jinja",
+    "chat_template.json",
+)
+# Any of these makes a tokenizer AutoTokenizer can load (with tokenizer_config.json beside it).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
 
 
 def read_hf_config(model_dir: Path) -> dict:
     config_path = model_dir / "config.json"
     if not config_path.is_file():
-        raise FileNotFoundError(f"{config_path} is missing: a Hugging Face checkpoint needs its config.json")
+        hint = ""
+        found = sorted(p.name for p in model_dir.glob("*.gguf"))
+        if found:
+            hint = f" (it holds {', '.join(found)}: to compile a GGUF file, pass gguf_file={found[0]!r} or the file's path)"
+        raise FileNotFoundError(f"{config_path} is missing: a Hugging Face checkpoint needs its config.json{hint}")
     return json.loads(config_path.read_text())
 
 
@@ -81,7 +93,7 @@ class MappedWeights:
                     raise ValueError(f"header of {header_len} bytes")
                 header = json.loads(f.read(header_len))
             except (struct.error, ValueError) as err:
-                raise ValueError(f"{file} is not a safetensors file: {err}") from err
+                raise CheckpointError(f"{file} is not a safetensors file: {err}") from err
             mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY) if size else None
         self._maps.append(mapped)
         data_start = 8 + header_len
@@ -92,7 +104,7 @@ class MappedWeights:
             begin, end = entry["data_offsets"]
             numel = math.prod(entry["shape"])
             if dtype is None or end - begin != numel * dtype.itemsize or data_start + end > size:
-                raise ValueError(f"{file}: tensor {name} ({entry.get('dtype')}, shape {entry['shape']}, bytes "
+                raise CheckpointError(f"{file}: tensor {name} ({entry.get('dtype')}, shape {entry['shape']}, bytes "
                                  f"{begin}..{end}) does not fit the file; it is damaged or of an unknown dtype")
             if numel == 0:
                 self.tensors[name] = torch.empty(entry["shape"], dtype=dtype)
@@ -110,3 +122,32 @@ class MappedWeights:
 
 def map_safetensors(model_dir: Path) -> MappedWeights:
     return MappedWeights(weight_files(model_dir))
+
+
+class SafetensorsCheckpoint(Checkpoint):
+    """A checkpoint directory as transformers saves one; its tensors are mapped, not read."""
+
+    format = "safetensors"
+
+    def __init__(self, model_dir: Path):
+        self.source = model_dir
+        self.hf_config = read_hf_config(model_dir)
+        self._files = weight_files(model_dir)
+        self._weights = MappedWeights(self._files)
+        self.tensors = self._weights.tensors
+
+    def write_support_files(self, out_dir: Path) -> None:
+        for name in COPIED_FILES:
+            if (self.source / name).is_file():
+                shutil.copy2(self.source / name, out_dir / name)
+        if not any((self.source / name).is_file() for name in TOKENIZER_FILES):
+            logger.warning("%s has no tokenizer files (%s): the compiled directory will have none, so LLM() and the "
+                           "server will need tokenizer=... pointing at one", self.source, ", ".join(TOKENIZER_FILES))
+
+    def describe(self) -> dict[str, Any]:
+        dtypes = Counter(str(t.dtype).removeprefix("torch.") for t in self.tensors.values())
+        return {"format": self.format, "files": [f.name for f in self._files],
+                "bytes": sum(f.stat().st_size for f in self._files), "tensor_dtypes": dict(sorted(dtypes.items()))}
+
+    def release_pages(self) -> None:
+        self._weights.release_pages()
