@@ -8,8 +8,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
+from .chat_messages import ChatMessages
 from .prompt_shapes import MAX_PROMPT_TOKENS, Prompt, PromptText
-from .validation import RequestModel, Text, by_json_type, one_of
+from .validation import RequestModel, by_json_type, one_of
 
 # Bounds on the work one request can ask for; the model's own limit (max_model_len) is checked later.
 MAX_TOKENS_LIMIT = 1 << 20
@@ -64,20 +65,6 @@ class CompletionRequest(SamplingFields):
     echo: bool = False
     suffix: None = None  # not supported; any value is a 400
     best_of: int | None = None  # only None or n: more candidates than returned choices is not supported
-
-
-class TextPart(RequestModel):
-    type: Literal["text"]
-    text: Text
-
-
-class ChatMessage(RequestModel):
-    role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: Text | Annotated[list[TextPart], Field(max_length=1024)] | None = None
-    name: str | None = None
-
-
-ChatMessages = Annotated[list[ChatMessage], Field(min_length=1, max_length=4096)]
 
 
 class ChatCompletionRequest(SamplingFields):
