@@ -364,10 +364,11 @@ def test_tokenizer_endpoints(server, offline_llm):
     assert info["vocab_size"] == 512 and info["chat_template"]
 
 
-def test_fuzzing_the_openapi_schema_finds_no_server_error(server, tmp_path):
+def test_fuzzing_the_openapi_schema_finds_no_server_error_and_no_accepted_invalid_input(server, tmp_path):
     schemathesis = shutil.which("schemathesis") or pytest.skip("schemathesis is not installed")
     # --max-time bounds the run (fuzzing repeats until it is spent); every operation in /openapi.json is hit.
-    command = [schemathesis, "run", server.base_url + "/openapi.json", "--checks", "not_a_server_error",
+    # negative_data_rejection: whatever breaks the schema (a message without content, ...) must be a 4xx.
+    command = [schemathesis, "run", server.base_url + "/openapi.json", "--checks", "not_a_server_error,negative_data_rejection",
                "--max-examples", "20", "--max-time", "20", "--seed", "1", "--request-timeout", "30", "--workers", "1",
                "--no-color", "--generation-database", "none"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=tmp_path)
