@@ -2,6 +2,7 @@
 meet: our own checks, FastAPI's validation (422 there, 400 here, as OpenAI answers), unknown routes, bugs."""
 from __future__ import annotations
 
+import json
 import logging
 
 from fastapi import FastAPI, Request
@@ -41,33 +42,56 @@ def bad_request(message: str, param: str | None = None, code: str | None = None)
 
 
 def validation_error(error: RequestValidationError) -> OpenAIError:
-    """One readable 400 from pydantic's list: 'max_tokens: Input should be less than or equal to 1048576'."""
+    """OpenAI's 400 for what pydantic found, first error first: "Invalid type for 'messages[0].name': input
+    should be a valid string (got 5)." with `param` that error's path and `code` its kind."""
     details = error.errors()
     if any(detail.get("type") == "json_invalid" for detail in details):
         return bad_request("the request body is not valid JSON; send a JSON object with Content-Type: application/json")
-    by_field: dict[str, list[tuple[int, str]]] = {}
-    for detail in details:
-        location = [str(part) for part in detail.get("loc", ()) if part != "body"]
-        by_field.setdefault(location[0] if location else "body", []).append(
-            (len(location), f"{'.'.join(location) or 'body'}: {detail.get('msg', 'invalid value')}{_shown_input(detail)}"))
-    parts = []
-    for name, messages in list(by_field.items())[:MAX_VALIDATION_ERRORS_SHOWN]:
-        # A field that fails every branch of a union yields one error per branch; the one that got deepest
-        # into the value is the branch the caller meant.
-        deepest = max(messages)[1]
-        parts.append(deepest if len(messages) == 1 else f"{name} matches none of its accepted forms; closest: {deepest}")
-    if len(by_field) > MAX_VALIDATION_ERRORS_SHOWN:
-        parts.append(f"and {len(by_field) - MAX_VALIDATION_ERRORS_SHOWN} more fields")
-    param = next(iter(by_field), None)
-    return bad_request("invalid request: " + "; ".join(parts), param=None if param == "body" else param)
+    described = [_describe(detail) for detail in details]
+    messages = [message for _, _, message in described[:MAX_VALIDATION_ERRORS_SHOWN]]
+    if len(described) > MAX_VALIDATION_ERRORS_SHOWN:
+        messages.append(f"({len(described) - MAX_VALIDATION_ERRORS_SHOWN} more not shown.)")
+    param, code, _ = described[0]
+    return bad_request(" ".join(messages), param=param, code=code)
+
+
+def _describe(detail: dict) -> tuple[str | None, str, str]:
+    """(param, code, message) for one pydantic error, with OpenAI's codes and wording."""
+    param = _param(detail.get("loc", ()))
+    where = f"'{param}'" if param else "the request body"
+    kind = detail.get("type", "")
+    if kind == "missing":
+        return param, "missing_required_parameter", f"Missing required parameter: {where}."
+    message = detail.get("msg", "invalid value")
+    message = message[:1].lower() + message[1:] + _shown_input(detail)
+    context = detail.get("ctx") or {}
+    if kind == "too_short" and context.get("actual_length") == 0:
+        return param, "empty_array", f"Invalid {where}: empty array; give at least {context.get('min_length', 1)} item."
+    if kind.endswith("_type"):  # pydantic's string_type, list_type, model_type, ..., and value_error("invalid_type")
+        return param, "invalid_type", f"Invalid type for {where}: {message}."
+    if kind == "unsupported_value":
+        return param, kind, f"Unsupported value for {where}: {message}."
+    return param, "invalid_value", f"Invalid value for {where}: {message}."
+
+
+def _param(location: tuple) -> str | None:
+    """pydantic's ('body', 'messages', 1, 'content') as OpenAI writes it: messages[1].content."""
+    path = ""
+    for part in location:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif part != "body" or path:
+            path += f".{part}" if path else str(part)
+    return path or None
 
 
 def _shown_input(detail: dict) -> str:
-    """The offending value, when it is short enough to quote."""
-    value = detail.get("input")
-    if isinstance(value, (bool, int, float)) or (isinstance(value, str) and len(value) <= MAX_QUOTED_INPUT_CHARS):
-        return f" (got {value!r})"
-    return ""
+    """The offending value as JSON, when it is a short scalar."""
+    if "input" not in detail:
+        return ""
+    value = detail["input"]
+    short = value is None or isinstance(value, (bool, int, float)) or (isinstance(value, str) and len(value) <= MAX_QUOTED_INPUT_CHARS)
+    return f" (got {json.dumps(value)})" if short else ""
 
 
 def install_error_handlers(app: FastAPI) -> None:

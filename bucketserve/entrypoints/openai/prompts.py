@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .chat_messages import ChatMessage, content_text
 from .context import ServerContext
 from .errors import bad_request
-from .protocol import ChatMessage
 
 
 @dataclass
@@ -38,20 +38,12 @@ def chat_prompt(ctx: ServerContext, messages: list[ChatMessage], add_generation_
 
 
 def render_chat(ctx: ServerContext, messages: list[ChatMessage], add_generation_prompt: bool) -> str:
-    conversation = [{"role": m.role, "content": _content_text(m.content), **({"name": m.name} if m.name else {})}
+    conversation = [{"role": m.role, "content": content_text(m.content), **({"name": m.name} if m.name else {})}
                     for m in messages]
     try:
         return ctx.prompt_tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=add_generation_prompt)
     except Exception as error:  # a template may reject a conversation (roles out of order, ...): the caller's input
         raise bad_request(f"the model's chat template rejected these messages: {error}", param="messages") from error
-
-
-def _content_text(content) -> str:
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    return "\n".join(part.text for part in content)
 
 
 def check_prompt(ctx: ServerContext, prompt: Prompt, max_tokens: int | None, param: str = "prompt") -> int:

@@ -6,24 +6,19 @@ import time
 import uuid
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+from .chat_messages import ChatMessages
+from .prompt_shapes import MAX_PROMPT_TOKENS, Prompt, PromptText
+from .validation import RequestModel, by_json_type, one_of
 
 # Bounds on the work one request can ask for; the model's own limit (max_model_len) is checked later.
 MAX_TOKENS_LIMIT = 1 << 20
 MAX_CHOICES = 16  # n
 MAX_LOGPROBS = 20  # logprobs / top_logprobs, as OpenAI and vLLM allow
-MAX_PROMPTS = 64  # prompts in one completions request
 MAX_STOP_STRINGS = 32
 MAX_LOGIT_BIAS = 1024  # tokens in logit_bias (OpenAI allows 300)
-MAX_PROMPT_CHARS = 1 << 22
-MAX_PROMPT_TOKENS = 1 << 20
 MAX_SEED = (1 << 63) - 1 - MAX_CHOICES  # the engine seeds choice i with seed + i
-
-
-class RequestModel(BaseModel):
-    # strict: "5" is not an int and 1.0 is not an n; no NaN or infinity anywhere. Unknown fields are
-    # ignored, as OpenAI clients send options we do not implement.
-    model_config = ConfigDict(strict=True, allow_inf_nan=False, extra="ignore")
 
 
 class StreamOptions(RequestModel):
@@ -31,8 +26,9 @@ class StreamOptions(RequestModel):
     continuous_usage_stats: bool = False
 
 
-TokenIds = Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1, max_length=MAX_PROMPT_TOKENS)]
-Stop = str | Annotated[list[str], Field(max_length=MAX_STOP_STRINGS)] | None
+StopStrings = Annotated[list[str], Field(max_length=MAX_STOP_STRINGS)]
+Stop = by_json_type(str | StopStrings, "a string or an array of strings", {str: str, list: StopStrings})
+ToolChoice = by_json_type(str | dict, "a string or an object", {str: str, dict: dict})
 
 
 class SamplingFields(RequestModel):
@@ -46,7 +42,7 @@ class SamplingFields(RequestModel):
     top_k: int | None = Field(None, ge=-1)
     min_p: float | None = Field(None, ge=0, le=1)
     seed: int | None = Field(None, ge=-MAX_SEED, le=MAX_SEED)
-    stop: Stop = None
+    stop: Stop | None = None
     stop_token_ids: Annotated[list[Annotated[int, Field(ge=0)]], Field(max_length=MAX_STOP_STRINGS)] | None = None
     include_stop_str_in_output: bool = False
     min_tokens: int = Field(0, ge=0, le=MAX_TOKENS_LIMIT)
@@ -63,10 +59,7 @@ class SamplingFields(RequestModel):
 
 
 class CompletionRequest(SamplingFields):
-    prompt: (Annotated[str, Field(max_length=MAX_PROMPT_CHARS)]
-             | Annotated[list[Annotated[str, Field(max_length=MAX_PROMPT_CHARS)]], Field(min_length=1, max_length=MAX_PROMPTS)]
-             | TokenIds
-             | Annotated[list[TokenIds], Field(min_length=1, max_length=MAX_PROMPTS)])
+    prompt: Prompt
     max_tokens: int | None = Field(16, ge=0, le=MAX_TOKENS_LIMIT)  # 0 only with echo
     logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
     echo: bool = False
@@ -74,19 +67,8 @@ class CompletionRequest(SamplingFields):
     best_of: int | None = None  # only None or n: more candidates than returned choices is not supported
 
 
-class TextPart(RequestModel):
-    type: Literal["text"]
-    text: str
-
-
-class ChatMessage(RequestModel):
-    role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | Annotated[list[TextPart], Field(max_length=1024)] | None = None
-    name: str | None = None
-
-
 class ChatCompletionRequest(SamplingFields):
-    messages: Annotated[list[ChatMessage], Field(min_length=1, max_length=4096)]
+    messages: ChatMessages
     max_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS_LIMIT)
     max_completion_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS_LIMIT)
     logprobs: bool = False
@@ -95,20 +77,26 @@ class ChatCompletionRequest(SamplingFields):
     # Not supported, and a request that sets them expects what they do, so any value but "off" is a 400.
     tools: list | None = None
     functions: list | None = None
-    tool_choice: str | dict | None = None
+    tool_choice: ToolChoice | None = None
     response_format: dict | None = None
 
 
 class TokenizeCompletionRequest(RequestModel):
     model: str | None = None
-    prompt: Annotated[str, Field(max_length=MAX_PROMPT_CHARS)]
+    prompt: PromptText
     add_special_tokens: bool = True
 
 
 class TokenizeChatRequest(RequestModel):
     model: str | None = None
-    messages: Annotated[list[ChatMessage], Field(min_length=1, max_length=4096)]
+    messages: ChatMessages
     add_generation_prompt: bool = True
+
+
+_TOKENIZE_ADAPTERS = {"chat": TypeAdapter(TokenizeChatRequest), "completion": TypeAdapter(TokenizeCompletionRequest)}
+# A body with `messages` is a chat one (so its errors are about the messages, not a missing prompt).
+TokenizeRequest = one_of(TokenizeCompletionRequest | TokenizeChatRequest, lambda body: _TOKENIZE_ADAPTERS[
+    "chat" if isinstance(body, dict) and "messages" in body else "completion"])
 
 
 class DetokenizeRequest(RequestModel):

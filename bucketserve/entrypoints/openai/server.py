@@ -26,8 +26,7 @@ from .protocol import (
     ErrorResponse,
     ModelCard,
     ModelList,
-    TokenizeChatRequest,
-    TokenizeCompletionRequest,
+    TokenizeRequest,
     dump,
 )
 from .serving_chat import create_chat_completion
@@ -161,7 +160,7 @@ def _extra_routes(ctx: ServerContext) -> APIRouter:
         return JSONResponse({"version": __version__})
 
     @router.post("/tokenize")
-    async def tokenize_route(body: TokenizeCompletionRequest | TokenizeChatRequest) -> JSONResponse:
+    async def tokenize_route(body: TokenizeRequest) -> JSONResponse:
         return JSONResponse(dump(await ctx.in_prompt_thread(tokenize, ctx, body)))
 
     @router.post("/detokenize")
