@@ -55,7 +55,8 @@ class BucketModelForCausalLM:
             return cls._compile(open_checkpoint(model_id, gguf_file), options)
         if gguf_file is not None or Path(model_id).is_file():
             raise ValueError(f"{Path(model_id) / (gguf_file or '')} is a checkpoint to compile, not a compiled "
-                             f"directory: pass export=True (then save_pretrained), or load a compiled directory")
+                             "directory: compile it first (from_pretrained(..., export=True) then save_pretrained, or "
+                             "`bucketserve compile MODEL OUT`) and load the compiled directory")
         return cls._load(resolve_model_dir(model_id), options)
 
     @classmethod

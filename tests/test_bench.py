@@ -147,7 +147,7 @@ def test_an_unknown_shape_is_refused_by_the_parser(capsys):
 
 
 def test_demo_rebuild_removes_only_what_the_demo_wrote(tmp_path):
-    from bucketserve.demo.run import remove_built
+    from bucketserve.demo.build import remove_built
 
     for built in ("checkpoint", "compiled", "mywork"):
         (tmp_path / built).mkdir()

