@@ -34,9 +34,10 @@ def build_compiled_directory(
 
 def write_rank_files(
     checkpoint: Checkpoint, out_dir: Path, model: LlamaForCausalLM, compile_config: CompileConfig, rank: int,
-    world_size: int,
+    world_size: int, compile_graphs: bool = True,
 ) -> dict[str, float]:
-    """One rank's weights and graphs (rank 0 also writes the shared files); returns seconds per graph."""
+    """One rank's weights and (unless compile_graphs is False) graphs; rank 0 also writes the shared files.
+    Returns seconds per graph."""
     target = rank_dir(out_dir, rank, world_size)
     target.mkdir(parents=True, exist_ok=True)
     if rank == 0:
@@ -46,7 +47,7 @@ def write_rank_files(
     save_file(weights_to_save(model), str(target / SINGLE_FILE), metadata={"format": "pt"})
 
     compile_seconds: dict[str, float] = {}
-    if compile_config.compiler != "aoti":
+    if compile_config.compiler != "aoti" or not compile_graphs:
         return compile_seconds
     (target / GRAPHS_DIR).mkdir(exist_ok=True)
     # A cache to trace against; graphs take the runtime's own cache as an input later.

@@ -1,16 +1,17 @@
-"""Compiling a tensor-parallel directory: one process per rank shards the weights and compiles its graphs
-with the all-reduces inside them (functional collectives), all ranks at once since tracing needs the group.
+"""Compiling a tensor-parallel directory: one process per rank shards and saves its weights; rank 0 compiles
+the graphs, with the all-reduces inside them (functional collectives), and every other rank's folder gets a
+copy. The ranks' graphs are the same code (weights are left out of the packages, and every rank's shard has the
+same shapes), so compiling them once is N times less work than compiling them on every rank; a host still needs
+only its own rank's folder.
 
 Each rank compiles in its own interpreter, in compile_rank_main (see runtime/worker_process.py).
 """
 from __future__ import annotations
 
-import os
+import shutil
 import traceback
 from multiprocessing.connection import Connection
 from pathlib import Path
-
-from torch._inductor.runtime.cache_dir_utils import cache_dir
 
 from ..checkpoints import Checkpoint, open_checkpoint
 from ..config import CompileConfig
@@ -20,6 +21,7 @@ from ..runtime import distributed
 from ..runtime.weights import build_model
 from ..runtime.worker_process import WorkerProcess
 from .build import write_rank_files
+from .layout import GRAPHS_DIR, rank_dir
 from .manifest import write_manifest
 
 
@@ -32,16 +34,9 @@ def _compile_rank(job: dict) -> dict[str, float]:
         checkpoint = open_checkpoint(job["source"])
         full = build_model(ModelConfig.from_dict(job["model_config"]), config, checkpoint.float_tensors(), device)
         model = shard_model(full, rank, world_size)
-        return write_rank_files(checkpoint, Path(job["out_dir"]), model, config, rank, world_size)
+        return write_rank_files(checkpoint, Path(job["out_dir"]), model, config, rank, world_size, compile_graphs=rank == 0)
     finally:
         distributed.destroy_process_group()
-
-
-def rank_inductor_cache(rank: int) -> dict[str, str]:
-    """Each compile rank its own Inductor cache. The ranks' graphs are the same code (the weights are not in
-    them), so with one shared cache they wrote the same files at the same moment, and a package could take
-    in a half-written file: a rank then failed to load with a JSON parse error."""
-    return {"TORCHINDUCTOR_CACHE_DIR": os.path.join(cache_dir(), f"tensor_parallel_rank{rank}")}
 
 
 def compile_tensor_parallel(checkpoint: Checkpoint, out_dir: Path, compile_config: CompileConfig,
@@ -50,7 +45,7 @@ def compile_tensor_parallel(checkpoint: Checkpoint, out_dir: Path, compile_confi
     workers = [
         WorkerProcess(compile_rank_main, dict(rank=rank, port=port, source=str(checkpoint.source), out_dir=str(out_dir),
                                               compile_config=compile_config.to_dict(), model_config=model_config.to_dict()),
-                      name=f"compile rank {rank}", env=rank_inductor_cache(rank))
+                      name=f"compile rank {rank}")
         for rank in range(compile_config.tensor_parallel_size)
     ]
     compile_seconds: dict[str, float] = {}
@@ -73,6 +68,10 @@ def compile_tensor_parallel(checkpoint: Checkpoint, out_dir: Path, compile_confi
             worker.stop(timeout=0 if failure else 30)
     if failure:
         raise RuntimeError(f"tensor-parallel compilation failed on {failure}")
+    if compile_config.compiler == "aoti":
+        graphs = rank_dir(out_dir, 0, compile_config.tensor_parallel_size) / GRAPHS_DIR
+        for rank in range(1, compile_config.tensor_parallel_size):
+            shutil.copytree(graphs, rank_dir(out_dir, rank, compile_config.tensor_parallel_size) / GRAPHS_DIR)
     write_manifest(out_dir, compile_config.to_dict(), model_config.to_dict(), dict(sorted(compile_seconds.items())),
                    checkpoint.describe())
 
