@@ -201,11 +201,17 @@ def test_a_gguf_file_is_compiled_not_loaded(family_files):
         AutoModelForCausalLM.from_pretrained(path)
 
 
-def test_cli_compiles_a_gguf_file_and_refuses_a_bad_one_in_one_line(family_files, tmp_path, capsys):
+def test_cli_compiles_a_gguf_file_and_refuses_a_bad_one_in_one_line(family_files, tmp_path, capsys, monkeypatch):
     _, path = family_files["qwen3"]
     assert cli_main(["compile", str(path), str(tmp_path / "out"), "--compiler", "eager", "--max-seq-len", "64"]) == 0
     assert json.loads((tmp_path / "out" / "bucketserve_manifest.json").read_text())["source"]["file"] == path.name
     assert cli_main(["generate", str(tmp_path / "out"), "Hello", "--max-tokens", "3"]) == 0
+    turns = iter(["Hello", ""])
+    monkeypatch.setattr("builtins.input", lambda prompt="": next(turns))
+    assert cli_main(["chat", str(tmp_path / "out"), "--max-tokens", "3"]) == 0  # its GGUF chat template
+    assert capsys.readouterr().out.count("model> ") == 1
+    assert cli_main(["chat", str(path)]) == 1  # a GGUF file is compiled first: the error says how
+    assert "bucketserve compile MODEL OUT" in capsys.readouterr().err
     bad = tmp_path / "bad.gguf"
     bad.write_bytes(b"not a model")
     capsys.readouterr()
