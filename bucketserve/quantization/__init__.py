@@ -1,0 +1,1 @@
+"""Weight quantization as transforms over the plain model: schemes, the packed layout the kernels read."""
