@@ -34,7 +34,7 @@ class LLM:
         _check_same("tensor_parallel_size", tensor_parallel_size, compiled.tensor_parallel_size, "tensor_parallel_size")
         _check_same("max_num_seqs", max_num_seqs, compiled.batch_size, "batch_size")
         _check_same("max_model_len", max_model_len, compiled.max_seq_len, "max_seq_len")
-        _check_same("block_size", block_size, compiled.kvcache_block_size, "kvcache_block_size")
+        _check_block_size(block_size, compiled.kvcache_block_size)
         max_model_len = compiled.max_seq_len
         # A prompt longer than the budget is prefilled over several steps, so any positive budget works.
         if max_num_batched_tokens is not None and (isinstance(max_num_batched_tokens, bool) or
@@ -182,6 +182,17 @@ def _check_same(name: str, given, compiled, compiled_name: str, allow_auto: bool
             f"{name}={given!r} differs from the compiled {compiled_name}={compiled!r}; pass {name}={compiled!r} "
             f"or leave it out, or recompile with {compiled_name}={given!r}"
         )
+
+
+def _check_block_size(block_size: int | None, compiled_block_size: int) -> None:
+    """The KV cache is managed in the compiled blocks; a block_size that groups whole ones is accepted (the
+    seed's scripts pass block_size=max_seq_len, one block per sequence, which 16-token blocks tile exactly)."""
+    if block_size is None or (isinstance(block_size, int) and block_size > 0 and block_size % compiled_block_size == 0):
+        return
+    raise ValueError(
+        f"block_size={block_size!r} is not a multiple of the compiled kvcache_block_size={compiled_block_size}; "
+        f"pass block_size={compiled_block_size} or leave it out, or recompile with kvcache_block_size={block_size!r}"
+    )
 
 
 def _check_device(device: str, compiled_device: str, model: str) -> None:
