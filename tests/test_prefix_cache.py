@@ -224,7 +224,8 @@ def test_soak_leaves_no_block_held_and_the_server_answering(eager_model_dir):
     result = run_soak(eager_model_dir, requests=60, concurrency=8, time_limit_s=300)
     outcomes = result["outcomes"]
     assert outcomes["not started (time limit)"] == 0
-    assert outcomes["cancelled"] == 10 and outcomes["completed"] >= 30
+    assert outcomes["cancelled"] == 10 and outcomes["completed"] >= 40
+    assert outcomes.get("disconnected", 0) >= 5  # 64 tokens take longer than the client's 50 ms
     assert outcomes.get("disconnected", 0) + outcomes["completed"] + outcomes["cancelled"] == 60  # no errors
     assert result["no_block_leaked"], result["stats_after"]
     assert result["still_answers"]
