@@ -26,7 +26,7 @@ class CompileConfig:
     max_seq_len: int = 2048
     tensor_parallel_size: int = 1
     decoder_batch_sizes: tuple[int, ...] = ()  # normalized: unique, descending, holds batch_size
-    kvcache_block_size: int = 0  # 0 until normalized: then max_seq_len unless given
+    kvcache_block_size: int = 0  # 0 until normalized: then default_block_size(max_seq_len) unless given
     kvcache_num_blocks: int = 0  # 0 until normalized; counts the reserved padding block
     prefill_chunk_size: int = 128
     dtype: str = "float32"
@@ -108,6 +108,16 @@ def normalize_decoder_batch_sizes(values: Any, batch_size: int) -> tuple[int, ..
     return tuple(sorted(set(sizes), reverse=True))
 
 
+# vLLM's block size: small enough that prompts sharing a prefix share whole blocks (the prefix cache reuses
+# only full blocks), large enough to keep block tables short.
+DEFAULT_BLOCK_SIZE = 16
+
+
+def default_block_size(max_seq_len: int) -> int:
+    """DEFAULT_BLOCK_SIZE where it divides max_seq_len; otherwise one block per sequence."""
+    return DEFAULT_BLOCK_SIZE if max_seq_len % DEFAULT_BLOCK_SIZE == 0 else max_seq_len
+
+
 def build_compile_config(options: dict[str, Any], model_config: ModelConfig) -> CompileConfig:
     """Validate user options (rbln_ aliases allowed) against the checkpoint; return the normalized config."""
     o = split_rbln_aliases(options)
@@ -126,7 +136,7 @@ def build_compile_config(options: dict[str, Any], model_config: ModelConfig) -> 
     tp = _positive_int("tensor_parallel_size", o.get("tensor_parallel_size", 1))
     scheme, kv_cache = split_quantization(o.get("quantization"), o.get("kv_cache_dtype"))
     check_shardable(model_config, tp, quantized=scheme is not None)
-    block_size = _positive_int("kvcache_block_size", o.get("kvcache_block_size", max_seq_len))
+    block_size = _positive_int("kvcache_block_size", o.get("kvcache_block_size", default_block_size(max_seq_len)))
     if max_seq_len % block_size:
         raise ValueError(
             f"max_seq_len {max_seq_len} is not a multiple of kvcache_block_size {block_size}; "

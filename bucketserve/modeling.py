@@ -186,6 +186,16 @@ class BucketModelForCausalLM:
         self._check_token_ids(token_ids)
         return self.runner.prefill(token_ids, list(block_table), start, return_hidden)
 
+    def prefill_batch(self, token_ids: list[list[int]], block_tables: list[list[int]], starts: list[int],
+                      return_hidden: list[bool]) -> list[PrefillOutput]:
+        """Prefill several sequences together (one row each, every row from its own start position)."""
+        if not len(token_ids) == len(block_tables) == len(starts) == len(return_hidden):
+            raise ValueError("prefill_batch takes one token list, block table, start and return_hidden per sequence")
+        token_ids = [list(ids) for ids in token_ids]
+        for ids in token_ids:
+            self._check_token_ids(ids)
+        return self.runner.prefill_batch(token_ids, [list(t) for t in block_tables], list(starts), list(return_hidden))
+
     def decode(self, input_ids: list[int], positions: list[int], block_tables: list[list[int]]) -> torch.Tensor:
         """One decode step for N sequences on the smallest decoder >= N; returns [N, vocab] logits."""
         if not len(input_ids) == len(positions) == len(block_tables):

@@ -8,7 +8,7 @@ import pytest
 
 from bucketserve.entrypoints.cli import build_parser
 
-TARGETS = ("T1", "T2", "T3", "T4", "T5", "T6")
+TARGETS = ("T1", "T2", "T3", "T4", "T5", "T6", "T11", "T12")
 SYSTEMS = ("[8, 4, 1]", "[8]")
 GROUPS = ("1", "4", "8")
 

@@ -130,8 +130,8 @@ def test_small_kv_cache_preempts_and_still_matches(tiny_checkpoint, tmp_path):
 @pytest.mark.parametrize("option, value, message", [
     ("max_num_seqs", 4, "batch_size=8"),
     ("max_model_len", 512, "max_seq_len=256"),
-    ("block_size", 256, "kvcache_block_size=64"),
-    ("max_num_batched_tokens", 100, "smaller than max_model_len 256"),
+    ("block_size", 96, "not a multiple of the compiled kvcache_block_size=64"),
+    ("max_num_batched_tokens", 0, "must be a positive integer"),
     ("device", "cuda", "compiled for 'cpu'"),
     ("device", "tpu", "not supported"),
 ])

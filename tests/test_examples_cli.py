@@ -78,12 +78,13 @@ def test_cli_rejects_a_bad_option_with_its_message_not_a_traceback(tiny_checkpoi
 
 
 def test_cli_compile_leaves_unset_options_to_from_pretrained(tiny_checkpoint, tmp_path):
-    # max_seq_len 64 with no --prefill-chunk-size: the chunk defaults to min(128, max_seq_len), as in the API.
+    # max_seq_len 64 with no --prefill-chunk-size: the chunk defaults to min(128, max_seq_len), as in the API,
+    # and the KV block size to 16.
     out = tmp_path / "short"
     assert cli_main(["compile", str(tiny_checkpoint), str(out), "--batch-size", "2", "--max-seq-len", "64",
                      "--compiler", "eager"]) == 0
     config = LlamaForCausalLM.from_pretrained(out).rbln_config
-    assert (config.max_seq_len, config.prefill_chunk_size, config.kvcache_block_size) == (64, 64, 64)
+    assert (config.max_seq_len, config.prefill_chunk_size, config.kvcache_block_size) == (64, 64, 16)
 
 
 def test_cli_chat_reads_turns_until_eof(eager_dir, monkeypatch, capsys):

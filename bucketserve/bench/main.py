@@ -18,6 +18,7 @@ from ..compiler.source_digest import source_digest
 from ..demo.checkpoint import SHAPES
 from . import arrivals, artifacts, baselines, memory, plots, profile, report, roofline, scenarios, targets
 from .options import BUCKETS, PEERS, SINGLE, BenchOptions, build_options
+from .prefix_scenarios import cached_system_prompt, group_first_tokens
 from .workload import load_tokenizer
 
 RESULTS_FILE = "bench.json"
@@ -43,11 +44,17 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache-dir", dest="cache_dir", default=None, help="compiled models (default ~/.cache/bucketserve/bench)")
     parser.add_argument("--out-dir", dest="out_dir", default=None, help="bench.json and plots (default ./bench-results)")
     parser.add_argument("--recompile", action="store_true", default=None, help="compile again even if cached")
+    parser.add_argument("--soak", action="store_true", help="instead of the benchmark: the soak (bench/soak.py) through the "
+                        "OpenAI server over the [8, 4, 1] model, then check that no KV block is left held")
+    parser.add_argument("--soak-requests", type=int, default=1000, help="requests the soak sends (default 1000)")
+    parser.add_argument("--soak-seconds", type=float, default=900.0, help="the soak starts no request after this long")
 
 
 def run_bench(args) -> dict:
     options = build_options(args)
     torch.set_num_threads(options.threads)
+    if getattr(args, "soak", False):
+        return run_soak_bench(options, args.soak_requests, args.soak_seconds)
     started = time.perf_counter()
     results = Bench(options).run()
     results["bench_seconds"] = time.perf_counter() - started
@@ -57,6 +64,25 @@ def run_bench(args) -> dict:
     print(report.format_table(results))
     print(f"\nresults: {options.out_dir / RESULTS_FILE}" + "".join(f", {p}" for p in results["plots"]))
     return results
+
+
+def run_soak_bench(options: BenchOptions, requests: int, seconds: float) -> dict:
+    """`bucketserve bench --soak`: soak.json in the out dir; exits non-zero when a block leaked or the server
+    stopped answering."""
+    from .soak import run_soak
+
+    if requests < 1:
+        raise ValueError(f"--soak-requests must be >= 1, got {requests}")
+    directory = artifacts.compiled_dir(options, BUCKETS, source_digest())
+    result = run_soak(directory, requests, time_limit_s=seconds, seed=options.seed)
+    result["command"] = _command_line()
+    report.write_json(result, options.out_dir / "soak.json")
+    print(f"soak: {requests} requests in {result['seconds']:.1f} s: {result['outcomes']}; prefix cache hits "
+          f"{result['prefix_cache_hits']} of {result['prefix_cache_queries']} tokens; held KV blocks afterwards: "
+          f"{result['held_blocks_after']}; still answers: {result['still_answers']}")
+    if not (result["no_block_leaked"] and result["still_answers"]):
+        raise SystemExit("soak failed: " + ("KV blocks leaked" if not result["no_block_leaked"] else "the server stopped answering"))
+    return result
 
 
 def _command_line() -> str | None:
@@ -112,6 +138,7 @@ class Bench:
         for name, model in loaded.items():
             self.log(f"seed groups: {name}")
             results["groups"][name] = scenarios.groups(model, tokenizer, options)
+        self._prefix_cache(loaded[artifacts.system_name(BUCKETS)], tokenizer)
         self._peers(checkpoint, vocab)
         self._arrivals(loaded, tokenizer)
         self.log("profiling one decode step")
@@ -132,6 +159,17 @@ class Bench:
         else:
             results["plots"] = [str(p) for p in plots.write_plots(results, options.out_dir)]
         return results
+
+    def _prefix_cache(self, model, tokenizer) -> None:
+        """T11 (prefix caching on vs off) and T12 (batched prefill vs one at a time) on the [8, 4, 1] model."""
+        run = self.results["prefix_cache"] = {}
+        for name, scenario in (("T11", cached_system_prompt), ("T12", group_first_tokens)):
+            self.log(f"prefix cache and batched prefill: {name}")
+            try:
+                run[name] = scenario(model, tokenizer)
+            except Exception as err:  # recorded with its reason; the rest of the run goes on
+                traceback.print_exc()
+                run[name] = {"skipped": f"{type(err).__name__}: {err}"}
 
     def _system_info(self, system: artifacts.CompiledSystem, memory_info: dict) -> dict:
         runner = system.model.runner

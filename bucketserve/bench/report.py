@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from . import prefix_scenarios
 from .options import GROUP_SIZES
 
 GB = 1e9
@@ -69,6 +70,7 @@ def format_table(results: dict) -> str:
         ratio = f"{memory['ratio']:.2f}" if "ratio" in memory else "-"
         lines.append(f"   {system:12s} {per_graph:58s} {info['load_seconds']:7.2f}   {ratio}")
     lines += _tensor_parallel_lines(results.get("tensor_parallel", {}))
+    lines += prefix_scenarios.report_lines(results)
     agreement = results.get("greedy_agreement", {})
     if agreement:
         lines += ["", "greedy tokens equal to [8, 4, 1]'s (fraction of tokens before the first difference): "

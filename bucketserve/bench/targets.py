@@ -1,7 +1,8 @@
-"""The issue's targets T1-T6, judged from one run's results: each met (True), not met (False) or not
+"""The issue's targets T1-T6 (and T11-T12, from prefix_scenarios), judged from one run's results: each met (True), not met (False) or not
 measured (None, with the reason)."""
 from __future__ import annotations
 
+from . import prefix_scenarios
 from .artifacts import system_name
 from .options import BUCKETS, GROUP_SIZES, SINGLE
 
@@ -19,7 +20,7 @@ def _not_measured(description: str, reason: str) -> dict:
 
 def judge(results: dict) -> dict:
     return {"T1": _t1(results), "T2": _t2(results), "T3": _t3(results), "T4": _t4(results),
-            "T5": _t5(results), "T6": _t6(results)}
+            "T5": _t5(results), "T6": _t6(results), **prefix_scenarios.judge(results)}
 
 
 def _t1(results: dict) -> dict:

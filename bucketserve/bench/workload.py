@@ -26,9 +26,9 @@ def load_tokenizer(directory):
     return AutoTokenizer.from_pretrained(directory)
 
 
-def make_engine(model, tokenizer) -> LLMEngine:
+def make_engine(model, tokenizer, enable_prefix_caching: bool = True) -> LLMEngine:
     """An LLMEngine over an already loaded model, configured as LLM() would configure it."""
     compiled = model.compile_config
     config = EngineConfig(max_num_seqs=compiled.batch_size, max_num_batched_tokens=compiled.max_seq_len,
-                          max_model_len=compiled.max_seq_len)
+                          max_model_len=compiled.max_seq_len, enable_prefix_caching=enable_prefix_caching)
     return LLMEngine(model, tokenizer, config)

@@ -102,13 +102,17 @@ def prefill_spec(
     """The prefill graph, whose projections read every weight the decoders reordered in that same blocked
     layout (block_sizes, by weight shape: packed_weights.block_sizes_by_shape), so the model holds one copy."""
     ids, context_len, context_positions = _shared_inputs(compile_config, kv_cache)
-    chunk = compile_config.prefill_chunk_size
+    chunk, rows = compile_config.prefill_chunk_size, compile_config.batch_size
     # The prefill chunk's length is free too, from PREFILL_GRANULE tokens up (the runtime rounds a chunk's
     # real tokens up to it); a chunk size that small leaves nothing to vary, and the shape fixed.
-    token_dims = {1: torch.export.Dim("chunk_len", min=PREFILL_GRANULE, max=chunk)} if chunk > PREFILL_GRANULE else None
-    inputs = (ids(1, chunk), ids(1, chunk), ids(1, chunk), ids(1, compile_config.blocks_per_sequence),
-              context_positions, ids(1), kv_cache)
-    dynamic = (token_dims, token_dims, token_dims, None, {0: context_len}, None, None)
+    chunk_len = torch.export.Dim("chunk_len", min=PREFILL_GRANULE, max=chunk) if chunk > PREFILL_GRANULE else None
+    # So is the number of rows (prompts prefilled together), 1 to batch_size: one graph for every group.
+    row_count = torch.export.Dim("rows", min=1, max=rows) if rows > 1 else None
+    token_dims = {k: d for k, d in ((0, row_count), (1, chunk_len)) if d is not None} or None
+    inputs = (ids(rows, chunk), ids(rows, chunk), ids(rows, chunk), ids(rows, compile_config.blocks_per_sequence),
+              context_positions, ids(rows), kv_cache)
+    row_dims = {0: row_count} if row_count is not None else None
+    dynamic = (token_dims, token_dims, token_dims, row_dims, {0: context_len}, row_dims, None)
     # Freezing folds each weight's reorder (blocked_linear) into a constant load_graph rebuilds (packed_weights).
     configs = FOLD_CONFIGS if block_sizes else {}
     return GraphSpec(PREFILL, PrefillGraph(model, GraphForm(block_sizes=block_sizes)), inputs, dynamic, configs)

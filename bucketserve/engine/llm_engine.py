@@ -1,5 +1,6 @@
-"""The step loop: one decode step for the running sequences on the smallest decoder that fits, then
-prefill the newly admitted ones; sample, detokenize, check stops, free finished sequences at once."""
+"""The step loop: one decode step for the running sequences on the smallest decoder that fits, then one
+batched prefill of the scheduled prompt chunks (their cached prefixes skipped); sample, detokenize, check
+stops, free finished sequences at once."""
 from __future__ import annotations
 
 import itertools
@@ -15,7 +16,7 @@ from .outputs import RequestOutput
 from .request import Request
 from .sampler import Sample, Sampler, position_logprobs
 from .sampling_params import SamplingParams
-from .scheduler import Scheduler
+from .scheduler import PrefillChunk, Scheduler
 from .sequence import Sequence
 
 
@@ -24,6 +25,7 @@ class EngineConfig:
     max_num_seqs: int
     max_num_batched_tokens: int
     max_model_len: int
+    enable_prefix_caching: bool = True
 
 
 class LLMEngine:
@@ -32,7 +34,8 @@ class LLMEngine:
         self.tokenizer = tokenizer
         self.config = config
         compiled = model.compile_config
-        self.block_manager = BlockManager(compiled.kvcache_num_blocks, compiled.kvcache_block_size)
+        self.block_manager = BlockManager(compiled.kvcache_num_blocks, compiled.kvcache_block_size,
+                                          config.enable_prefix_caching)
         self.scheduler = Scheduler(config.max_num_seqs, config.max_num_batched_tokens, self.block_manager)
         self.eos_token_ids = _eos_token_ids(model, tokenizer)
         self.sampler = Sampler(self.eos_token_ids, self._decode_token)
@@ -107,9 +110,11 @@ class LLMEngine:
             )
             self.last_decoder_batch_size = self.model.decoder_batch_size_for(len(plan.decodes))
             for seq, sample in zip(plan.decodes, self.sampler(logits, plan.decodes), strict=True):
+                seq.num_computed_tokens = seq.num_tokens
+                self.block_manager.register_computed(seq)
                 self._append(seq, sample, touched)
-        for seq in plan.prefills:
-            self._prefill(seq, now, touched)
+        if plan.prefills:
+            self._prefill(plan.prefills, now, touched)
         outputs = []
         for request_id, request in touched.items():
             outputs.append(request.output(streaming))
@@ -118,27 +123,57 @@ class LLMEngine:
                 del self.requests[request_id]
         return outputs
 
-    def _prefill(self, seq: Sequence, now: float, touched: dict[str, Request]) -> None:
-        request = self.requests[seq.request_id]
-        if request.metrics.first_scheduled_time is None:
-            request.metrics.first_scheduled_time = now
-        if seq.output_token_ids:
-            # Recompute after preemption: the last token is fed by the next decode step.
-            self.model.prefill(seq.token_ids[:-1], seq.block_table)
-            return
-        want_prompt_logprobs = seq.params.prompt_logprobs is not None and request.prompt_logprobs is None
-        result = self.model.prefill(seq.prompt_token_ids, seq.block_table, return_hidden=want_prompt_logprobs)
-        if want_prompt_logprobs:
-            request.prompt_logprobs = self._prompt_logprobs(result.hidden, seq)
-        self._append(seq, self.sampler(result.logits.unsqueeze(0), [seq])[0], touched)
+    def _prefill(self, chunks: list[PrefillChunk], now: float, touched: dict[str, Request]) -> None:
+        """One batched prefill of every scheduled chunk (one row each); a chunk that ends a prompt samples
+        its first token."""
+        want_hidden = [self._wants_prompt_logprobs(chunk) for chunk in chunks]
+        results = self.model.prefill_batch(
+            [chunk.seq.token_ids[chunk.start : chunk.start + chunk.num_tokens] for chunk in chunks],
+            [chunk.seq.block_table for chunk in chunks],
+            [chunk.start for chunk in chunks],
+            want_hidden,
+        )
+        finished_prompts = []
+        for chunk, result, hidden_wanted in zip(chunks, results, want_hidden, strict=True):
+            seq, request = chunk.seq, self.requests[chunk.seq.request_id]
+            if request.metrics.first_scheduled_time is None:
+                request.metrics.first_scheduled_time = now
+            if hidden_wanted:
+                self._add_prompt_logprobs(request, seq, chunk.start, result.hidden)
+            seq.num_computed_tokens = chunk.start + chunk.num_tokens
+            self.block_manager.register_computed(seq)
+            # After preemption the recompute stops before the last token, which the next decode feeds.
+            if chunk.completes_prefill and not seq.output_token_ids:
+                finished_prompts.append((seq, result.logits))
+        if finished_prompts:
+            seqs = [seq for seq, _ in finished_prompts]
+            samples = self.sampler(torch.stack([logits for _, logits in finished_prompts]), seqs)
+            for seq, sample in zip(seqs, samples, strict=True):
+                self._append(seq, sample, touched)
 
-    def _prompt_logprobs(self, hidden: torch.Tensor, seq: Sequence) -> list:
-        logprobs = torch.log_softmax(self.model.compute_logits(hidden[:-1]), dim=-1)
+    def _wants_prompt_logprobs(self, chunk: PrefillChunk) -> bool:
+        """Whether this chunk computes the next prompt position still missing from the request's prompt_logprobs
+        (a request asking for them prefills its whole prompt, never from the prefix cache)."""
+        seq = chunk.seq
+        if seq.params.prompt_logprobs is None or seq.output_token_ids:
+            return False
+        done = self.requests[seq.request_id].prompt_logprobs
+        next_hidden = len(done) - 1 if done is not None else 0  # hidden state i gives prompt token i + 1
+        return len(done or ()) < len(seq.prompt_token_ids) and chunk.start <= next_hidden < chunk.start + chunk.num_tokens
+
+    def _add_prompt_logprobs(self, request: Request, seq: Sequence, start: int, hidden: torch.Tensor) -> None:
+        if request.prompt_logprobs is None:
+            request.prompt_logprobs = [None]  # the first prompt token has no log-probability
         prompt = seq.prompt_token_ids
-        return [None] + [
-            position_logprobs(logprobs[i], prompt[i + 1], seq.params.prompt_logprobs, self._decode_token)
-            for i in range(len(prompt) - 1)
-        ]
+        first = len(request.prompt_logprobs) - 1  # the hidden position that gives the next missing entry
+        last = min(start + hidden.shape[0], len(prompt) - 1)  # hidden states before the last prompt token
+        if first >= last:
+            return
+        logprobs = torch.log_softmax(self.model.compute_logits(hidden[first - start : last - start]), dim=-1)
+        request.prompt_logprobs.extend(
+            position_logprobs(logprobs[i - first], prompt[i + 1], seq.params.prompt_logprobs, self._decode_token)
+            for i in range(first, last)
+        )
 
     def _append(self, seq: Sequence, sample: Sample, touched: dict[str, Request]) -> None:
         request = self.requests[seq.request_id]
@@ -176,8 +211,13 @@ class LLMEngine:
             "num_running": self.scheduler.num_running,
             "num_waiting": self.scheduler.num_waiting,
             "num_preemptions": self.scheduler.num_preemptions,
-            "free_blocks": self.block_manager.num_free_blocks,
+            "free_blocks": self.block_manager.num_free_blocks,  # cached blocks nobody holds included
             "usable_blocks": self.block_manager.num_usable_blocks,
+            "held_blocks": self.block_manager.num_held_blocks,
+            "cached_blocks": self.block_manager.num_cached_blocks,
+            # In tokens, as vLLM counts them: prompt tokens looked up in the cache, and those found there.
+            "prefix_cache_queries": self.block_manager.prefix_cache.num_query_tokens,
+            "prefix_cache_hits": self.block_manager.prefix_cache.num_hit_tokens,
         }
 
 

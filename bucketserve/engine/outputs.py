@@ -46,3 +46,4 @@ class RequestOutput:
     outputs: list[CompletionOutput]
     finished: bool
     metrics: RequestMetrics = field(repr=False, default=None)
+    num_cached_tokens: int | None = None  # prompt tokens whose KV came from the prefix cache (vLLM's name)

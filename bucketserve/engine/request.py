@@ -33,4 +33,9 @@ class Request:
             for seq in self.seqs
         ]
         return RequestOutput(self.request_id, self.prompt, self.prompt_token_ids, self.prompt_logprobs,
-                             completions, self.finished, self.metrics)
+                             completions, self.finished, self.metrics, self.num_cached_tokens)
+
+    @property
+    def num_cached_tokens(self) -> int | None:
+        """Prompt tokens the first completion found in the prefix cache (None until it is scheduled)."""
+        return self.seqs[0].num_cached_tokens

@@ -28,6 +28,10 @@ class Sequence:
         self.generator = generator  # seeded per sequence, so batching never changes its samples
         self.status = Status.WAITING
         self.block_table: list[int] = []
+        # KV state: how many of token_ids are in the cache, and the chained hashes of its full blocks so far.
+        self.num_computed_tokens = 0
+        self.block_hashes: list[bytes] = []
+        self.num_cached_tokens: int | None = None  # prompt tokens found in the prefix cache when first admitted
         self.cumulative_logprob = 0.0
         self.logprobs: list[PositionLogprobs] | None = [] if params.logprobs is not None else None
         self.finish_reason: str | None = None
@@ -44,6 +48,16 @@ class Sequence:
     @property
     def last_token_id(self) -> int:
         return self.output_token_ids[-1] if self.output_token_ids else self.prompt_token_ids[-1]
+
+    @property
+    def prefill_target(self) -> int:
+        """Tokens a prefill must have computed: the prompt, or after preemption all but the last token
+        (which the next decode step feeds)."""
+        return self.num_tokens - 1 if self.output_token_ids else len(self.prompt_token_ids)
+
+    @property
+    def is_prefilling(self) -> bool:
+        return self.num_computed_tokens < self.prefill_target
 
     @property
     def is_finished(self) -> bool:

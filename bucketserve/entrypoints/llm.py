@@ -15,14 +15,15 @@ from ..modeling import AutoModelForCausalLM
 
 # vLLM engine arguments a script may pass that have no effect here (no GPU memory pool to size, etc.).
 IGNORED_VLLM_ARGS = ("trust_remote_code", "gpu_memory_utilization", "enforce_eager", "disable_log_stats",
-                     "swap_space", "enable_prefix_caching", "disable_custom_all_reduce")
+                     "swap_space", "disable_custom_all_reduce")
 
 
 class LLM:
     def __init__(self, model: str, device: str = "auto", max_num_seqs: int | None = None,
                  max_num_batched_tokens: int | None = None, max_model_len: int | None = None,
                  block_size: int | None = None, tokenizer: str | None = None, dtype: str = "auto",
-                 tensor_parallel_size: int | None = None, seed: int | None = None, **kwargs: Any):
+                 tensor_parallel_size: int | None = None, seed: int | None = None,
+                 enable_prefix_caching: bool = True, **kwargs: Any):
         unknown = sorted(set(kwargs) - set(IGNORED_VLLM_ARGS))
         if unknown:
             raise TypeError(f"LLM() got unexpected arguments {unknown}")
@@ -33,13 +34,12 @@ class LLM:
         _check_same("tensor_parallel_size", tensor_parallel_size, compiled.tensor_parallel_size, "tensor_parallel_size")
         _check_same("max_num_seqs", max_num_seqs, compiled.batch_size, "batch_size")
         _check_same("max_model_len", max_model_len, compiled.max_seq_len, "max_seq_len")
-        _check_same("block_size", block_size, compiled.kvcache_block_size, "kvcache_block_size")
+        _check_block_size(block_size, compiled.kvcache_block_size)
         max_model_len = compiled.max_seq_len
-        if max_num_batched_tokens is not None and max_num_batched_tokens < max_model_len:
-            raise ValueError(
-                f"max_num_batched_tokens {max_num_batched_tokens} is smaller than max_model_len {max_model_len}; "
-                f"a full-length prompt could never be scheduled"
-            )
+        # A prompt longer than the budget is prefilled over several steps, so any positive budget works.
+        if max_num_batched_tokens is not None and (isinstance(max_num_batched_tokens, bool) or
+                                                   not isinstance(max_num_batched_tokens, int) or max_num_batched_tokens < 1):
+            raise ValueError(f"max_num_batched_tokens must be a positive integer, got {max_num_batched_tokens!r}")
         from transformers import AutoTokenizer
 
         try:
@@ -55,6 +55,7 @@ class LLM:
             max_num_seqs=compiled.batch_size,
             max_num_batched_tokens=max_num_batched_tokens or max_model_len,
             max_model_len=max_model_len,
+            enable_prefix_caching=bool(enable_prefix_caching),
         )
         self.llm_engine = LLMEngine(self.model, self.tokenizer, config)
 
@@ -181,6 +182,17 @@ def _check_same(name: str, given, compiled, compiled_name: str, allow_auto: bool
             f"{name}={given!r} differs from the compiled {compiled_name}={compiled!r}; pass {name}={compiled!r} "
             f"or leave it out, or recompile with {compiled_name}={given!r}"
         )
+
+
+def _check_block_size(block_size: int | None, compiled_block_size: int) -> None:
+    """The KV cache is managed in the compiled blocks; a block_size that groups whole ones is accepted (the
+    seed's scripts pass block_size=max_seq_len, one block per sequence, which 16-token blocks tile exactly)."""
+    if block_size is None or (isinstance(block_size, int) and block_size > 0 and block_size % compiled_block_size == 0):
+        return
+    raise ValueError(
+        f"block_size={block_size!r} is not a multiple of the compiled kvcache_block_size={compiled_block_size}; "
+        f"pass block_size={compiled_block_size} or leave it out, or recompile with kvcache_block_size={block_size!r}"
+    )
 
 
 def _check_device(device: str, compiled_device: str, model: str) -> None:

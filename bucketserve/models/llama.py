@@ -2,7 +2,7 @@
 
 Architecture only: no compilation, no serving logic. Parameter names match Hugging Face checkpoints so
 weights load by name. Every forward takes a batch of `rows`, each with `query_len` tokens:
-prefill is 1 row of up to `prefill_chunk_size` tokens, a decode step is B rows of 1 token.
+prefill is up to batch_size rows of up to `prefill_chunk_size` tokens, a decode step is B rows of 1 token.
 
 The KV cache is one tensor [num_layers, 2, num_slots, num_kv_heads, head_dim] owned by the runtime; a
 slot is (block id * block_size + offset). Graphs write the new keys/values into `slot_mapping` in place
@@ -251,11 +251,14 @@ class LlamaForCausalLM(nn.Module):
 
 
 class PrefillGraph(nn.Module):
-    """One chunk of one prompt: returns the logits of the chunk's last real token and every hidden state.
+    """One chunk of each of `rows` prompts: returns the logits of each row's last real token and every
+    hidden state ([rows, chunk_len, hidden]).
 
-    The chunk's length and context_positions' are both free in the compiled graph (see graph_specs): the
-    runtime passes the chunk's real tokens rounded up to a few, and only the context they reach, so a
-    32-token prompt does not pay for a 128-token chunk over all max_seq_len positions.
+    The number of rows, the chunk's length and context_positions' are all free in the compiled graph (see
+    graph_specs): the runtime prefills the prompts that arrive together in one call, passes the longest
+    chunk's real tokens rounded up to a few, and only the context they reach, so a 32-token prompt does not
+    pay for a 128-token chunk over all max_seq_len positions. A row may start mid-sequence: its earlier
+    positions are read from its blocks like a decode step's.
     """
 
     def __init__(self, model: LlamaForCausalLM, form: GraphForm = EAGER):
@@ -263,12 +266,13 @@ class PrefillGraph(nn.Module):
         self.model = model
         self.form = form
 
-    def forward(self, input_ids, positions, slot_mapping, block_table, context_positions, last_index, kv_cache):
+    def forward(self, input_ids, positions, slot_mapping, block_tables, context_positions, last_index, kv_cache):
         hidden = self.model.hidden_states(
-            input_ids, positions, slot_mapping, block_table, context_positions, kv_cache, self.form
+            input_ids, positions, slot_mapping, block_tables, context_positions, kv_cache, self.form
         )
-        last_hidden = hidden[0].index_select(0, last_index)  # [1, hidden]
-        return self.model.lm_head(last_hidden, self.form).float(), hidden[0]
+        # Each row's last real token: [rows, hidden].
+        last_hidden = hidden.gather(1, last_index.view(-1, 1, 1).expand(-1, 1, hidden.shape[-1]))[:, 0]
+        return self.model.lm_head(last_hidden, self.form).float(), hidden
 
 
 class DecoderGraph(nn.Module):

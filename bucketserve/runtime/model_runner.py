@@ -71,31 +71,58 @@ class ModelRunner:
     def _tensor(self, values) -> torch.Tensor:
         return torch.tensor(values, dtype=torch.long).to(self.device)
 
-    @torch.inference_mode()
     def prefill(self, token_ids: list[int], block_table: list[int], start: int = 0, return_hidden: bool = False) -> PrefillOutput:
         """Run token_ids (at positions start, start+1, ...) chunk by chunk into the sequence's blocks."""
-        cache = self.kv_cache
-        chunk_size = self.compile_config.prefill_chunk_size
-        end = start + len(token_ids)
-        if not token_ids or end > self.compile_config.max_seq_len:
-            raise ValueError(f"prefill needs 1 to max_seq_len={self.compile_config.max_seq_len} tokens, got positions {start}..{end}")
-        table = cache.padded_block_table(block_table)
-        cache.slot(block_table, end - 1)  # raises before any chunk runs when the blocks cannot hold the prompt
-        hidden_chunks = []
-        for chunk_start in range(start, end, chunk_size):
-            real = min(chunk_size, end - chunk_start)
-            width = prefill_width(real, chunk_size)
-            ids = token_ids[chunk_start - start : chunk_start - start + real] + [0] * (width - real)
-            positions = [min(chunk_start + i, self.compile_config.max_seq_len - 1) for i in range(width)]
-            # Padding tokens of the last chunk write only into the dummy block.
-            slots = [cache.slot(block_table, chunk_start + i) if i < real else cache.dummy_slot(i) for i in range(width)]
-            logits, hidden = self.prefill_graph(
-                self._tensor([ids]), self._tensor([positions]), self._tensor([slots]), self._tensor([table]),
-                self._context_positions(chunk_start + real - 1), self._tensor([real - 1]), cache.tensor,
-            )
-            if return_hidden:
-                hidden_chunks.append(hidden[:real])
-        return PrefillOutput(logits[0], torch.cat(hidden_chunks) if return_hidden else None)
+        return self.prefill_batch([token_ids], [block_table], [start], [return_hidden])[0]
+
+    @torch.inference_mode()
+    def prefill_batch(self, token_ids: list[list[int]], block_tables: list[list[int]], starts: list[int],
+                      return_hidden: list[bool]) -> list[PrefillOutput]:
+        """Prefill several sequences together, one row each (up to batch_size rows per call), each from its
+        own start position: the positions before it are already in its blocks (an earlier chunk, or
+        blocks of the prefix cache that other sequences may hold too), and only token_ids are written."""
+        cache, config = self.kv_cache, self.compile_config
+        for ids, table, start in zip(token_ids, block_tables, starts, strict=True):
+            end = start + len(ids)
+            if not ids or start < 0 or end > config.max_seq_len:
+                raise ValueError(f"prefill needs 1 to max_seq_len={config.max_seq_len} tokens, got positions {start}..{end}")
+            cache.padded_block_table(table)  # raises on a bad table
+            cache.slot(table, end - 1)  # raises before any chunk runs when the blocks cannot hold the prompt
+        rows = list(range(len(token_ids)))
+        logits: list[torch.Tensor | None] = [None] * len(rows)
+        hidden: list[list[torch.Tensor]] = [[] for _ in rows]
+        done = [0] * len(rows)  # tokens of each row run so far
+        while rows:
+            for group in _groups(rows, config.batch_size):
+                self._prefill_call(group, token_ids, block_tables, starts, done, logits, hidden, return_hidden)
+            rows = [r for r in rows if done[r] < len(token_ids[r])]
+        return [PrefillOutput(logits[r], torch.cat(hidden[r]) if return_hidden[r] else None) for r in range(len(token_ids))]
+
+    def _prefill_call(self, group, token_ids, block_tables, starts, done, logits, hidden, return_hidden) -> None:
+        """One prefill graph call: the next chunk of each row in group, padded to the longest (rounded up)."""
+        cache, config = self.kv_cache, self.compile_config
+        chunk_size = config.prefill_chunk_size
+        real = [min(chunk_size, len(token_ids[r]) - done[r]) for r in group]
+        width = prefill_width(max(real), chunk_size)
+        ids, positions, slots = [], [], []
+        for r, n in zip(group, real, strict=True):
+            first = starts[r] + done[r]
+            ids.append(token_ids[r][done[r] : done[r] + n] + [0] * (width - n))
+            positions.append([min(first + i, config.max_seq_len - 1) for i in range(width)])
+            # Padding tokens write only into the dummy block.
+            slots.append([cache.slot(block_tables[r], first + i) if i < n else cache.dummy_slot(i) for i in range(width)])
+        furthest = max(starts[r] + done[r] + n - 1 for r, n in zip(group, real, strict=True))
+        out_logits, out_hidden = self.prefill_graph(
+            self._tensor(ids), self._tensor(positions), self._tensor(slots),
+            self._tensor([cache.padded_block_table(block_tables[r]) for r in group]),
+            self._context_positions(furthest), self._tensor([n - 1 for n in real]), cache.tensor,
+        )
+        for i, (r, n) in enumerate(zip(group, real, strict=True)):
+            done[r] += n
+            if done[r] == len(token_ids[r]):
+                logits[r] = out_logits[i]
+            if return_hidden[r]:
+                hidden[r].append(out_hidden[i, :n])
 
     @torch.inference_mode()
     def decode(self, input_ids: list[int], positions: list[int], block_tables: list[list[int]]) -> torch.Tensor:
@@ -130,3 +157,7 @@ class ModelRunner:
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """fp32 logits of final-norm hidden states, with the same lm_head weights the graphs use."""
         return self.model.lm_head(hidden).float()
+
+
+def _groups(rows: list[int], size: int) -> list[list[int]]:
+    return [rows[i : i + size] for i in range(0, len(rows), size)]

@@ -106,6 +106,9 @@ class TensorParallelRunner:
     def prefill(self, *args):
         return self._run_everywhere("prefill", *args)
 
+    def prefill_batch(self, *args):
+        return self._run_everywhere("prefill_batch", *args)
+
     def decode(self, *args):
         return self._run_everywhere("decode", *args)
 
@@ -113,7 +116,7 @@ class TensorParallelRunner:
         self._finalizer()
 
     def __getattr__(self, name):
-        # Everything but prefill/decode (config, counters, KV cache, compute_logits) is rank 0's.
+        # Everything but prefill/prefill_batch/decode (config, counters, KV cache, compute_logits) is rank 0's.
         if name == "local":
             raise AttributeError(name)
         return getattr(self.local, name)

@@ -1,6 +1,7 @@
 """Prometheus metrics for one server, in a registry of its own (several servers can share a process).
 
-Counts that the engine already keeps (decode steps per decoder, padding rows, queues, KV blocks) are read
+Counts that the engine already keeps (decode steps per decoder, padding rows, queues, KV blocks, prefix-cache
+queries and hits) are read
 from the engine thread's latest stats snapshot at scrape time rather than counted twice; the rest
 (latencies, token counts) are observed as the engine thread reports them.
 """
@@ -71,6 +72,11 @@ class _EngineStatsCollector:
         yield steps
         yield CounterMetricFamily(f"{PREFIX}_padding_rows", "Padding rows run to fill decoder batches",
                                   value=stats["padded_rows"])
+        # vLLM's prefix-cache counters, in tokens: prompt tokens looked up, and those found cached.
+        yield CounterMetricFamily(f"{PREFIX}_prefix_cache_queries", "Prompt tokens looked up in the prefix cache",
+                                  value=stats["prefix_cache_queries"])
+        yield CounterMetricFamily(f"{PREFIX}_prefix_cache_hits", "Prompt tokens found in the prefix cache",
+                                  value=stats["prefix_cache_hits"])
 
 
 def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:

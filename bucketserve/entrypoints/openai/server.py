@@ -42,7 +42,8 @@ ERROR_RESPONSES = {status: {"model": ErrorResponse} for status in (400, 401, 404
 
 
 def load_server_context(model_dir: str | Path, served_model_name: str | None = None,
-                        max_waiting: int = DEFAULT_MAX_WAITING, api_key: str | None = None) -> ServerContext:
+                        max_waiting: int = DEFAULT_MAX_WAITING, api_key: str | None = None,
+                        enable_prefix_caching: bool = True, max_num_batched_tokens: int | None = None) -> ServerContext:
     """Load a compiled directory into an engine (not started yet) and everything the handlers need."""
     from transformers import AutoTokenizer
 
@@ -50,7 +51,7 @@ def load_server_context(model_dir: str | Path, served_model_name: str | None = N
 
     if max_waiting < 0:
         raise ValueError(f"max_waiting is {max_waiting}; give 0 (no queue: only what the running slots hold) or more")
-    llm = LLM(model=str(model_dir))
+    llm = LLM(model=str(model_dir), enable_prefix_caching=enable_prefix_caching, max_num_batched_tokens=max_num_batched_tokens)
     metrics = ServerMetrics()
     engine = AsyncLLMEngine(llm.llm_engine, observer=metrics)
     metrics.watch(engine)
@@ -192,6 +193,11 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
                         help="browser origins CORS lets call the server (default: any)")
     parser.add_argument("--shutdown-timeout", type=float, default=DEFAULT_SHUTDOWN_TIMEOUT_S,
                         help="seconds in-flight requests get to finish on SIGINT/SIGTERM before they are aborted")
+    parser.add_argument("--enable-prefix-caching", action=argparse.BooleanOptionalAction, default=True,
+                        help="reuse the KV blocks of prompt prefixes seen before (default: on)")
+    parser.add_argument("--max-num-batched-tokens", type=int, default=None,
+                        help="prompt tokens one engine step prefills at most (a longer prompt takes several steps, "
+                             "so decoding requests wait at most this many tokens' prefill); default max_model_len")
     parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
 
 
@@ -199,7 +205,8 @@ def run_server(args: argparse.Namespace) -> None:
     import uvicorn
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    ctx = load_server_context(args.model, args.served_model_name, args.max_waiting, args.api_key)
+    ctx = load_server_context(args.model, args.served_model_name, args.max_waiting, args.api_key,
+                              args.enable_prefix_caching, args.max_num_batched_tokens)
     logger.info("serving %s as %r on http://%s:%d/v1", args.model, ctx.served_model_name, args.host, args.port)
     # uvicorn handles SIGINT/SIGTERM: it stops accepting, gives open requests --shutdown-timeout seconds, cancels
     # the rest (which aborts their engine requests), then runs the lifespan exit that stops the engine thread.

@@ -24,6 +24,7 @@ from .protocol import (
     ChatCompletionResponse,
     ChatLogprobs,
     DeltaMessage,
+    PromptTokensDetails,
     Usage,
     dump,
 )
@@ -52,8 +53,10 @@ class ChatRun:
     def usage(self, output: RequestOutput | None) -> Usage:
         prompt_tokens = len(self.prompt.token_ids)
         completion_tokens = sum(len(c.token_ids) for c in output.outputs) if output is not None else 0
+        cached_tokens = (output.num_cached_tokens or 0) if output is not None else 0
         return Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
-                     total_tokens=prompt_tokens + completion_tokens)
+                     total_tokens=prompt_tokens + completion_tokens,
+                     prompt_tokens_details=PromptTokensDetails(cached_tokens=cached_tokens))
 
     def logprobs(self, completion: CompletionOutput, sent_tokens: int = 0) -> ChatLogprobs | None:
         if self.top_logprobs is None:

@@ -18,7 +18,7 @@ from .errors import bad_request
 from .generation import ENGINE_ERRORS, abort_unfinished, await_final_outputs, engine_error, follow, start_requests
 from .logprobs import completion_logprobs
 from .prompts import Prompt, check_prompt, completion_prompts
-from .protocol import CompletionChoice, CompletionRequest, CompletionResponse, Usage, dump
+from .protocol import CompletionChoice, CompletionRequest, CompletionResponse, PromptTokensDetails, Usage, dump
 from .sampling import reject_unsupported, sampling_params
 from .sse import DONE, EventStreamResponse, event
 
@@ -50,8 +50,10 @@ class CompletionRun:
         prompt_tokens = sum(len(prompt.token_ids) for prompt in self.prompts)
         completion_tokens = 0 if self.echo_only else sum(
             len(c.token_ids) for output in outputs if output is not None for c in output.outputs)
+        cached_tokens = sum(output.num_cached_tokens or 0 for output in outputs if output is not None)
         return Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
-                     total_tokens=prompt_tokens + completion_tokens)
+                     total_tokens=prompt_tokens + completion_tokens,
+                     prompt_tokens_details=PromptTokensDetails(cached_tokens=cached_tokens))
 
     def choice_index(self, prompt_index: int, completion: CompletionOutput) -> int:
         return prompt_index * self.body.n + completion.index
