@@ -188,6 +188,15 @@ def test_two_hosts_one_rank_each_give_the_greedy_tokens_of_one_process(host_dirs
     assert results[0]["stats"]["decode_steps_per_decoder"]["4"] > 0
 
 
+def test_two_ranks_on_one_host_give_the_same_tokens(tp2_dir, tp1_dir, script, tmp_path):
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                          str(script), str(tp2_dir), str(tmp_path), "once"],
+                         env=rank_env(), capture_output=True, text=True, timeout=LAUNCH_TIMEOUT_S)
+    assert run.returncode == 0, run.stdout + run.stderr
+    want = reference_tokens(tp1_dir)
+    assert [json.loads((tmp_path / f"rank{r}.json").read_text())["tokens"] for r in (0, 1)] == [want, want]
+
+
 def test_killing_the_rank1_agent_makes_rank0_raise_within_the_timeout(host_dirs, script, tmp_path):
     nodes = TwoNodes(tmp_path, [[str(script), str(host_dirs[node]), str(tmp_path), "repeat"] for node in (0, 1)])
     try:
