@@ -22,12 +22,14 @@ from multiprocessing.connection import Connection
 
 import torch.distributed as dist
 
+from .tp_error import TensorParallelError
+
 HOST_ENV = "BUCKETSERVE_RANK0_HOST"
 TOKEN_BYTES = 32
 HELLO = struct.Struct(f"!{TOKEN_BYTES}sI")  # token, rank
 
 
-class ChannelError(RuntimeError):
+class ChannelError(TensorParallelError):
     """The control channel could not be set up; the message names the address and the rank."""
 
 
