@@ -22,10 +22,13 @@ from .compiler.tensor_parallel import compile_tensor_parallel
 from .config import CompileConfig, build_compile_config, normalize_decoder_batch_sizes, split_rbln_aliases
 from .models.config import SUPPORTED_MODEL_TYPES, ModelConfig
 from .quantization.options import kv_cache_dtype, split_quantization
+from .runtime.distributed import RankPlacement
 from .runtime.kv_cache import KVCache
 from .runtime.model_runner import ModelRunner, PrefillOutput
+from .runtime.rank_follower import FollowerRunner
+from .runtime.rank_launch import join_launched_ranks
 from .runtime.rank_loader import load_rank_runner
-from .runtime.tp_runner import TensorParallelRunner
+from .runtime.tp_runner import TensorParallelRunner, spawn_tensor_parallel
 from .runtime.weights import build_model, checkpoint_state, tied_as_stored
 
 
@@ -34,7 +37,7 @@ class BucketModelForCausalLM:
 
     model_types: tuple[str, ...] = SUPPORTED_MODEL_TYPES
 
-    def __init__(self, directory: Path, runner: ModelRunner | TensorParallelRunner, manifest: dict[str, Any]):
+    def __init__(self, directory: Path, runner: ModelRunner | TensorParallelRunner | FollowerRunner, manifest: dict[str, Any]):
         self.directory = directory
         self.runner = runner
         self.manifest = manifest
@@ -86,7 +89,7 @@ class BucketModelForCausalLM:
             else:
                 checkpoint.release_pages()  # the ranks open the checkpoint themselves
                 compile_tensor_parallel(checkpoint, out_dir, compile_config, model_config)
-                runner = TensorParallelRunner(out_dir, compile_config, model_config)
+                runner = spawn_tensor_parallel(out_dir, compile_config, model_config)
             instance = cls(out_dir, runner, read_manifest(out_dir))
         except BaseException:
             shutil.rmtree(out_dir, ignore_errors=True)
@@ -96,7 +99,10 @@ class BucketModelForCausalLM:
 
     @classmethod
     def _load(cls, directory: Path, options: dict[str, Any]):
-        manifest = verify_manifest(directory)
+        # Under torchrun (env://) a rank checks its own files only after joining the group, so that a host missing
+        # its shard tells rank 0 so, rather than leaving it to wait for a rank that never joins.
+        placement = RankPlacement.from_env()
+        manifest = verify_manifest(directory) if placement is None else read_manifest(directory)
         compile_config = CompileConfig.from_dict(manifest["compile_config"])
         model_config = ModelConfig.from_dict(manifest["model_config"])
         cls._check_model_type(model_config.model_type)
@@ -120,15 +126,39 @@ class BucketModelForCausalLM:
                     f"{name}={value!r} was given, but {directory} was compiled with {name}={compiled!r}; "
                     f"drop the option, or recompile with from_pretrained(checkpoint, export=True, {name}=...)"
                 )
-        if compile_config.tensor_parallel_size == 1:
+        if placement is not None and (placement.world_size > 1 or compile_config.tensor_parallel_size > 1):
+            runner = join_launched_ranks(directory, placement, compile_config, model_config,
+                                         check_files=lambda rank: verify_manifest(directory, rank=rank))
+        elif placement is not None:
+            verify_manifest(directory)
+            runner = load_rank_runner(directory, compile_config, model_config, rank=0)
+        elif compile_config.tensor_parallel_size == 1:
             runner = load_rank_runner(directory, compile_config, model_config, rank=0)
         else:
-            runner = TensorParallelRunner(directory, compile_config, model_config)
+            runner = spawn_tensor_parallel(directory, compile_config, model_config)
         return cls(directory, runner, manifest)
 
     def close(self) -> None:
-        """Stop tensor-parallel workers (if any); the model cannot run afterwards. Single-process: no-op."""
+        """Stop tensor-parallel workers (if any); the model cannot run afterwards. Single-process: no-op.
+        On a torchrun rank other than 0, first runs rank 0's calls until rank 0 closes the model too."""
         self.runner.close()
+
+    # ---- tensor-parallel ranks launched by torchrun ----
+    @property
+    def rank(self) -> int:
+        """This process's tensor-parallel rank: torchrun's RANK, else 0 (spawned workers are not user processes)."""
+        return self.runner.rank
+
+    def run_on_every_rank(self, call):
+        """One call of the user's script that every rank makes (generate, chat): rank 0 runs call() and returns
+        its result; under torchrun every other rank runs rank 0's graph calls meanwhile and returns (or raises)
+        the same. In a single process (or with spawned workers) it is call()."""
+        return self.runner.run_on_every_rank(call)
+
+    def follow(self) -> None:
+        """On a torchrun rank other than 0: run rank 0's calls until rank 0 closes the model (how ranks other
+        than 0 serve: `bucketserve serve` there calls this). On rank 0 it returns at once."""
+        self.runner.follow()
 
     def save_pretrained(self, save_directory: str | os.PathLike) -> None:
         target = Path(save_directory)
@@ -225,7 +255,8 @@ class BucketModelForCausalLM:
 
         if do_sample:
             raise ValueError("model.generate is greedy only; for sampling use LLM(...).generate with SamplingParams")
-        return greedy_generate(self, input_ids, max_new_tokens, attention_mask, eos_token_id, pad_token_id)
+        return self.run_on_every_rank(
+            lambda: greedy_generate(self, input_ids, max_new_tokens, attention_mask, eos_token_id, pad_token_id))
 
 
 class AutoModelForCausalLM(BucketModelForCausalLM):

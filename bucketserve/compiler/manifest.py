@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from ..checkpoints.file_digest import sha256_of
+from .layout import other_rank_file, rank_dir
 
 MANIFEST = "bucketserve_manifest.json"
 # 2: decoder graphs take context_positions, of any length up to max_seq_len
@@ -64,7 +65,9 @@ def weight_like_files(directory: Path) -> list[Path]:
     return [p for p in directory.glob("*.safetensors*") if p.is_file()] if directory.is_dir() else []
 
 
-def verify_manifest(directory: Path, check_hashes: bool = True) -> dict[str, Any]:
+def verify_manifest(directory: Path, check_hashes: bool = True, rank: int | None = None) -> dict[str, Any]:
+    """rank: check only the files that rank needs (the shared ones and its own rank{r}/), as on a host that
+    runs only that rank of a tensor-parallel model."""
     manifest = read_manifest(directory)
     unlisted = sorted(p.name for p in weight_like_files(directory) if p.name not in manifest["files"])
     if unlisted:  # another model's weights, copied in: the loader could take them for this model's
@@ -83,7 +86,14 @@ def verify_manifest(directory: Path, check_hashes: bool = True) -> dict[str, Any
         )
     for name, expected in manifest["files"].items():
         path = directory / name
+        if rank is not None and other_rank_file(name, rank):
+            continue
         if not path.is_file():
+            if rank is not None:
+                raise CompiledModelError(
+                    f"{path} is missing: this host runs rank {rank}, which needs the compiled directory's shared files "
+                    f"and {rank_dir(Path(), rank, 2)}/; copy them from the directory as compiled"
+                )
             raise CompiledModelError(f"{path} is missing from the compiled directory; recompile the model")
         if path.stat().st_size != expected["bytes"]:
             raise CompiledModelError(

@@ -33,6 +33,8 @@ def _generate(args) -> None:
     llm = LLM(model=args.model)
     before = llm.get_stats()["decode_steps_per_decoder"]
     outputs = llm.generate(args.prompts, _sampling_params(args))
+    if llm.rank != 0:  # under torchrun every rank returns rank 0's outputs; rank 0 prints them
+        return
     for out in outputs:
         print(f"Prompt: {out.prompt!r}, Generated text: {out.outputs[0].text!r} ({out.outputs[0].finish_reason})")
     after = llm.get_stats()["decode_steps_per_decoder"]
@@ -44,6 +46,9 @@ def _chat(args) -> None:
     from .llm import LLM
 
     llm = LLM(model=args.model)
+    if llm.rank != 0:  # under torchrun rank 0 reads the terminal; this rank runs its steps
+        llm.follow()
+        return
     params = _sampling_params(args)
     history: list[dict] = []
     print("Chat with the model; an empty line or Ctrl-D ends.")

@@ -72,8 +72,22 @@ class LLM:
     def get_tokenizer(self):
         return self.tokenizer
 
+    @property
+    def rank(self) -> int:
+        """torchrun's RANK for a model whose ranks it launched, else 0."""
+        return self.model.rank
+
+    def follow(self) -> None:
+        """On a torchrun rank other than 0: run rank 0's steps until rank 0 closes the model; on rank 0, nothing."""
+        self.model.follow()
+
     def generate(self, prompts, sampling_params: SamplingParams | Seq[SamplingParams] | None = None,
                  use_tqdm: bool = True) -> list[RequestOutput]:
+        """Under torchrun every rank calls this with the same script: rank 0 schedules its own prompts, the other
+        ranks run its steps, and every rank returns rank 0's outputs."""
+        return self.model.run_on_every_rank(lambda: self._generate(prompts, sampling_params, use_tqdm))
+
+    def _generate(self, prompts, sampling_params, use_tqdm: bool) -> list[RequestOutput]:
         items = _as_prompt_list(prompts)
         params = _params_per_prompt(sampling_params, len(items))
         encoded = [self._encode(item) for item in items]
@@ -93,6 +107,11 @@ class LLM:
 
     def chat(self, messages, sampling_params=None, use_tqdm: bool = True, chat_template: str | None = None,
              add_generation_prompt: bool = True) -> list[RequestOutput]:
+        """Under torchrun, as generate: every rank returns rank 0's outputs."""
+        return self.model.run_on_every_rank(
+            lambda: self._chat(messages, sampling_params, use_tqdm, chat_template, add_generation_prompt))
+
+    def _chat(self, messages, sampling_params, use_tqdm, chat_template, add_generation_prompt) -> list[RequestOutput]:
         conversations = [messages] if messages and isinstance(messages[0], dict) else list(messages)
         prompts = []
         for conv in conversations:
@@ -100,7 +119,7 @@ class LLM:
                                                       add_generation_prompt=add_generation_prompt)
             # The template writes the special tokens (BOS included) itself: encoding must not add them again.
             prompts.append({"prompt": text, "prompt_token_ids": self.tokenizer.encode(text, add_special_tokens=False)})
-        return self.generate(prompts, sampling_params, use_tqdm)
+        return self._generate(prompts, sampling_params, use_tqdm)
 
     def get_stats(self) -> dict:
         return self.llm_engine.get_stats()

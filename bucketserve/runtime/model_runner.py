@@ -24,6 +24,8 @@ class PrefillOutput:
 
 
 class ModelRunner:
+    rank = 0  # the one rank of a single-process model (tensor-parallel runners: rank_follower.py, tp_runner.py)
+
     def __init__(self, directory: Path, model: LlamaForCausalLM, compile_config: CompileConfig, device: torch.device):
         """directory: the folder holding this rank's graphs/ (the compiled directory itself without TP)."""
         self.compile_config = compile_config
@@ -152,6 +154,13 @@ class ModelRunner:
 
     def close(self) -> None:
         """Nothing to release in-process; the tensor-parallel runner has workers to stop."""
+
+    def run_on_every_rank(self, call):
+        """One process, one rank: just the call (see TensorParallelRunner.run_on_every_rank)."""
+        return call()
+
+    def follow(self) -> None:
+        """No rank 0 to follow."""
 
     @torch.inference_mode()
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:

@@ -12,10 +12,12 @@ from .model_runner import ModelRunner
 from .weights import build_model
 
 
-def load_rank_runner(directory: Path, compile_config: CompileConfig, model_config: ModelConfig, rank: int) -> ModelRunner:
+def load_rank_runner(directory: Path, compile_config: CompileConfig, model_config: ModelConfig, rank: int,
+                     local_rank: int | None = None) -> ModelRunner:
+    """local_rank: the rank's place on its host (its GPU); the rank itself when every rank is on this host."""
     world_size = compile_config.tensor_parallel_size
     folder = rank_dir(directory, rank, world_size)
-    device = rank_device(compile_config.device, rank)
+    device = rank_device(compile_config.device, rank if local_rank is None else local_rank)
     shard = (rank, world_size) if world_size > 1 else None
     weights = map_safetensors(folder)
     model = build_model(model_config, compile_config, weights.tensors, device, shard=shard)

@@ -1,36 +1,54 @@
-"""Tensor parallelism at run time: this process is rank 0 and drives tensor_parallel_size - 1 workers.
+"""Tensor parallelism at run time, rank 0's side: this process runs rank 0 and drives the other ranks, either
+workers it spawned on this host (spawn_tensor_parallel) or ranks a launcher such as torchrun started, possibly
+on other hosts (rank_launch.py).
 
-Every prefill/decode call is sent to each worker first, then run here; the graphs' all-reduces keep the
+Every prefill/decode call is sent to each other rank first, then run here; the graphs' all-reduces keep the
 ranks in step, so every rank runs the same decoder for a step. Only rank 0's logits are used. A call that
-stops part-way (a worker died or hung, a collective failed, Ctrl-C) leaves the ranks out of step: the
-runner then kills the workers and closes, and every later call is a clear error (never a result computed
-from mismatched collectives), so a new model can be made.
+stops part-way (a rank died or hung, a collective failed, Ctrl-C) leaves the ranks out of step: the runner
+then drops the other ranks and closes, and every later call is a clear error (never a result computed from
+mismatched collectives), so a new model can be made.
 
-Each worker rank runs worker_main in its own interpreter (see worker_process.py).
+Each spawned worker runs worker_main in its own interpreter (see worker_process.py).
 """
 from __future__ import annotations
 
 import logging
+import pickle
 import time
 import weakref
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 from pathlib import Path
+from typing import Protocol
 
 from ..config import CompileConfig
 from ..models.config import ModelConfig
 from . import distributed
+from .model_runner import ModelRunner
+from .rank_follower import GONE, follow_calls
 from .rank_loader import load_rank_runner
+from .tp_error import TensorParallelError
 from .worker_process import WorkerProcess
+
+__all__ = ["TensorParallelError", "TensorParallelRunner", "spawn_tensor_parallel"]
 
 logger = logging.getLogger(__name__)
 READY_TIMEOUT_S = 600  # loading a rank's graphs and weights
 
 
-class TensorParallelError(RuntimeError):
-    """A tensor-parallel worker failed; this model can no longer run. Make a new one."""
+class OtherRank(Protocol):
+    """Rank 0's handle on another rank: a spawned WorkerProcess, or a launched rank's connection (rank_launch)."""
+
+    name: str
+    conn: Connection
+
+    def is_alive(self) -> bool: ...
+    def exit_description(self) -> str: ...
+    def stop(self, timeout: float) -> None: ...
+    def abandon(self) -> None: ...
 
 
-def _shutdown(workers: list[WorkerProcess]) -> None:
+def _shutdown(workers: list[OtherRank]) -> None:
     deadline = time.monotonic() + 10
     for worker in workers:
         worker.stop(timeout=max(0.0, deadline - time.monotonic()))
@@ -38,19 +56,18 @@ def _shutdown(workers: list[WorkerProcess]) -> None:
 
 
 class TensorParallelRunner:
-    def __init__(self, directory: Path, compile_config: CompileConfig, model_config: ModelConfig):
-        distributed.ensure_no_process_group()  # before any worker starts: the living model's group stays whole
-        port = distributed.free_port()
-        self.workers = [
-            WorkerProcess(worker_main, dict(directory=str(directory), compile_config=compile_config.to_dict(),
-                                         model_config=model_config.to_dict(), rank=rank, port=port),
-                          name=f"tensor-parallel worker rank {rank}")
-            for rank in range(1, compile_config.tensor_parallel_size)
-        ]
+    rank = 0
+
+    def __init__(self, workers: list[OtherRank], load_local: Callable[[], ModelRunner], scripts_on_every_rank: bool):
+        """workers: the other ranks, already started; load_local: joins the group (if not yet) and loads rank 0's
+        shard. scripts_on_every_rank: the other ranks run the user's script too (launched), so each of its calls
+        ends with rank 0's result sent to them (run_on_every_rank)."""
+        self.workers = workers
+        self.scripts_on_every_rank = scripts_on_every_rank
+        self._call_depth = 0
         self._finalizer = weakref.finalize(self, _shutdown, self.workers)
         try:
-            distributed.init_process_group(0, compile_config.tensor_parallel_size, port, compile_config.device)
-            self.local = load_rank_runner(directory, compile_config, model_config, rank=0)
+            self.local = load_local()
             self._wait_ready()
         except BaseException:
             self.close()
@@ -59,36 +76,42 @@ class TensorParallelRunner:
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + READY_TIMEOUT_S
         for worker in self.workers:
-            while not worker.conn.poll(0.2):
-                self._check_workers_alive()
+            while not worker.conn.poll(0.2):  # a rank that died or vanished makes it readable: recv then fails
                 if time.monotonic() > deadline:
                     raise TensorParallelError(f"{worker.name} did not load within {READY_TIMEOUT_S} s")
-            status, detail = worker.conn.recv()
+            try:
+                status, detail = worker.conn.recv()
+            except (EOFError, OSError) as err:
+                raise TensorParallelError(f"{worker.name} {worker.exit_description()} while loading") from err
             if status != "ready":
                 raise TensorParallelError(f"{worker.name} failed to load: {detail}")
+        if self.scripts_on_every_rank:
+            self._send_all(("start", None))
 
     def _check_workers_alive(self) -> None:
         for worker in self.workers:
             if not worker.is_alive():
                 raise TensorParallelError(
-                    f"{worker.name} (pid {worker.pid}) exited with code {worker.exitcode}; this model cannot run "
-                    f"any more: create a new LLM / model"
+                    f"{worker.name} {worker.exit_description()}; this model cannot run any more: create a new LLM / model"
                 )
+
+    def _send_all(self, message) -> None:
+        for worker in self.workers:
+            worker.conn.send(message)
 
     def _run_everywhere(self, method: str, *args):
         if not self._finalizer.alive:
             raise TensorParallelError("this tensor-parallel model was closed; create a new one")
         try:
             self._check_workers_alive()
-            for worker in self.workers:
-                worker.conn.send((method, args))
+            self._send_all((method, args))
             return getattr(self.local, method)(*args)
         except (ValueError, TypeError):
             raise  # a bad request, refused by every rank alike before any collective: still in step
         except TensorParallelError:
             self.close()
             raise
-        except BaseException as err:  # a collective failed or timed out, a worker died, or Ctrl-C: out of step
+        except BaseException as err:  # a collective failed or timed out, a rank died, or Ctrl-C: out of step
             self._abandon()
             if not isinstance(err, Exception):
                 raise  # KeyboardInterrupt and the like go on up; the model is closed
@@ -98,9 +121,9 @@ class TensorParallelRunner:
             ) from err
 
     def _abandon(self) -> None:
-        """Kill the workers (they may wait in a collective that will never complete), then close."""
+        """Drop the other ranks (they may wait in a collective that will never complete), then close."""
         for worker in self.workers:
-            worker.process.kill()
+            worker.abandon()
         self.close()
 
     def prefill(self, *args):
@@ -112,6 +135,41 @@ class TensorParallelRunner:
     def decode(self, *args):
         return self._run_everywhere("decode", *args)
 
+    def run_on_every_rank(self, call):
+        """One call of the user's script (generate, chat): run it; when the other ranks run the script too, send
+        them its result (or its error) when the outermost such call ends."""
+        if not self.scripts_on_every_rank:
+            return call()
+        self._call_depth += 1
+        try:
+            result = call()
+        except BaseException as err:
+            if self._call_depth == 1:
+                self._end_call(("error", err))
+            raise
+        finally:
+            self._call_depth -= 1
+        if self._call_depth == 0:
+            self._end_call(("result", result))
+        return result
+
+    def _end_call(self, message) -> None:
+        if not self._finalizer.alive:
+            return  # closed by the failure itself: the other ranks see that instead
+        try:
+            pickle.dumps(message[1])
+        except Exception:  # an unpicklable result or error: the other ranks still learn how the call ended
+            message = ("error", TensorParallelError(f"rank 0's call ended with {message[1]!r}, which cannot be sent"))
+        if message[0] == "error" and not isinstance(message[1], Exception):  # Ctrl-C and the like on rank 0
+            message = ("error", TensorParallelError(f"rank 0's call was interrupted ({message[1]!r})"))
+        try:
+            self._send_all(message)
+        except OSError:
+            pass  # a rank is gone: the next call says so
+
+    def follow(self) -> None:
+        """Rank 0 leads: nothing to follow."""
+
     def close(self) -> None:
         self._finalizer()
 
@@ -120,6 +178,24 @@ class TensorParallelRunner:
         if name == "local":
             raise AttributeError(name)
         return getattr(self.local, name)
+
+
+def spawn_tensor_parallel(directory: Path, compile_config: CompileConfig, model_config: ModelConfig) -> TensorParallelRunner:
+    """This process is rank 0 and starts the other tensor_parallel_size - 1 ranks on this host."""
+    distributed.ensure_no_process_group()  # before any worker starts: the living model's group stays whole
+    port = distributed.free_port()
+    workers = [
+        WorkerProcess(worker_main, dict(directory=str(directory), compile_config=compile_config.to_dict(),
+                                     model_config=model_config.to_dict(), rank=rank, port=port),
+                      name=f"tensor-parallel worker rank {rank}")
+        for rank in range(1, compile_config.tensor_parallel_size)
+    ]
+
+    def load_local() -> ModelRunner:
+        distributed.init_process_group(0, compile_config.tensor_parallel_size, port, compile_config.device)
+        return load_rank_runner(directory, compile_config, model_config, rank=0)
+
+    return TensorParallelRunner(workers, load_local, scripts_on_every_rank=False)
 
 
 def worker_main(conn: Connection) -> None:
@@ -133,15 +209,9 @@ def worker_main(conn: Connection) -> None:
         conn.send(("error", repr(err)))
         return
     conn.send(("ready", None))
-    while True:
-        try:
-            method, args = conn.recv()
-        except (EOFError, OSError):  # rank 0 is gone
-            break
-        if method == "stop":
-            break
-        try:
-            getattr(runner, method)(*args)
-        except Exception as err:  # rank 0 raises the same error for a bad request; keep serving
-            logger.warning("rank %d: %s failed: %r", rank, method, err)
+    try:
+        while follow_calls(conn, runner, rank)[0] not in ("stop", GONE):
+            pass
+    except TensorParallelError as err:  # rank 0 sees the same failure and drops this worker
+        logger.warning("%s", err)
     distributed.destroy_process_group()

@@ -42,6 +42,13 @@ class WorkerProcess:
     def is_alive(self) -> bool:
         return self.process.poll() is None
 
+    def exit_description(self) -> str:
+        return f"(pid {self.pid}) exited with code {self.exitcode}"
+
+    def abandon(self) -> None:
+        """Kill it: it may wait in a collective that will never complete."""
+        self.process.kill()
+
     def stop(self, timeout: float) -> None:
         try:
             self.conn.send(("stop", None))

@@ -43,15 +43,19 @@ ERROR_RESPONSES = {status: {"model": ErrorResponse} for status in (400, 401, 404
 
 def load_server_context(model_dir: str | Path, served_model_name: str | None = None,
                         max_waiting: int = DEFAULT_MAX_WAITING, api_key: str | None = None,
-                        enable_prefix_caching: bool = True, max_num_batched_tokens: int | None = None) -> ServerContext:
-    """Load a compiled directory into an engine (not started yet) and everything the handlers need."""
+                        enable_prefix_caching: bool = True, max_num_batched_tokens: int | None = None,
+                        llm=None) -> ServerContext:
+    """Load a compiled directory into an engine (not started yet) and everything the handlers need; llm: the
+    directory already loaded (run_server loads it first to learn this process's rank)."""
     from transformers import AutoTokenizer
 
     from ..llm import LLM
 
     if max_waiting < 0:
         raise ValueError(f"max_waiting is {max_waiting}; give 0 (no queue: only what the running slots hold) or more")
-    llm = LLM(model=str(model_dir), enable_prefix_caching=enable_prefix_caching, max_num_batched_tokens=max_num_batched_tokens)
+    if llm is None:
+        llm = LLM(model=str(model_dir), enable_prefix_caching=enable_prefix_caching,
+                  max_num_batched_tokens=max_num_batched_tokens)
     metrics = ServerMetrics()
     engine = AsyncLLMEngine(llm.llm_engine, observer=metrics)
     metrics.watch(engine)
@@ -204,9 +208,16 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
 def run_server(args: argparse.Namespace) -> None:
     import uvicorn
 
+    from ..llm import LLM
+
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    ctx = load_server_context(args.model, args.served_model_name, args.max_waiting, args.api_key,
-                              args.enable_prefix_caching, args.max_num_batched_tokens)
+    llm = LLM(model=str(args.model), enable_prefix_caching=args.enable_prefix_caching,
+              max_num_batched_tokens=args.max_num_batched_tokens)
+    if llm.rank != 0:  # under torchrun: rank 0 alone serves HTTP; this rank runs its steps until it stops
+        logger.info("rank %d: running rank 0's steps; rank 0 serves HTTP", llm.rank)
+        llm.follow()
+        return
+    ctx = load_server_context(args.model, args.served_model_name, args.max_waiting, args.api_key, llm=llm)
     logger.info("serving %s as %r on http://%s:%d/v1", args.model, ctx.served_model_name, args.host, args.port)
     # uvicorn handles SIGINT/SIGTERM: it stops accepting, gives open requests --shutdown-timeout seconds, cancels
     # the rest (which aborts their engine requests), then runs the lifespan exit that stops the engine thread.
