@@ -13,9 +13,9 @@ from bucketserve.demo.smollm2 import INSTALL, smollm2_gguf
 QUESTIONS = ["What is the capital of France?", "What is 2 + 2?", "Name the three primary colors."]
 MAX_TOKENS = 48
 # Three questions at once run on decoder 4 with one padding row, a question alone on decoder 1. Eager: the same
-# model code uncompiled, since AOTInductor would add minutes to the suite for this model (SmolLM2's graphs take
-# 1.5 to 5 minutes each on 2 cores: docs/PERFORMANCE.md, T5); compiled graphs are held to transformers on tiny
-# checkpoints (test_logits_vs_hf.py), and on this model by the README's demo command.
+# model code uncompiled, since AOTInductor would add minutes to the suite for this model (SmolLM2's graphs took
+# 100 to 290 s each on the loaded 2-core machine: docs/PERFORMANCE.md, T5); compiled graphs are held to
+# transformers on tiny checkpoints (test_logits_vs_hf.py), and on this model in docs/CHECKPOINTS.md's check.
 COMPILE = dict(batch_size=4, max_seq_len=256, decoder_batch_sizes=[4, 1], prefill_chunk_size=64, compiler="eager")
 
 
