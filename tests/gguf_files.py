@@ -37,20 +37,8 @@ def k_quant_tensor_types(checkpoint: Path, type_name: str) -> dict[str, Quantize
             for seed, (name, t) in enumerate(sorted(tensors.items())) if t.dim() == 2}
 
 
-def write_without_tokenizer(path: Path) -> Path:
-    import gguf
-
-    writer = gguf.GGUFWriter(str(path), "llama")
-    writer.add_block_count(1)
-    writer.add_tensor("token_embd.weight", np.zeros((4, 32), dtype=np.float32))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return path
-
-
-def write_other_architecture(path: Path, architecture: str = "gpt2") -> Path:
+def write_bare_gguf(path: Path, architecture: str) -> Path:
+    """A GGUF file of one architecture with a block count and one tensor, and nothing else (no tokenizer)."""
     import gguf
 
     writer = gguf.GGUFWriter(str(path), architecture)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 import transformers
-from gguf_files import k_quant_tensor_types, write_other_architecture, write_without_tokenizer
+from gguf_files import k_quant_tensor_types, write_bare_gguf
 
 from bucketserve import AutoModelForCausalLM
 from bucketserve.checkpoints import CheckpointError, QuantizedBlocks, open_checkpoint
@@ -172,10 +172,10 @@ def _bad_files(family_files, tmp_path) -> dict[str, tuple[Path, type, str]]:
         "truncated": (truncated, CheckpointError, "truncated"),
         "header only": (header_only, CheckpointError, "truncated or damaged"),
         "not gguf": (not_gguf, CheckpointError, "is not a GGUF file"),
-        "architecture": (write_other_architecture(tmp_path / "gpt2.gguf"), CheckpointError, "architecture 'gpt2' is not supported"),
+        "architecture": (write_bare_gguf(tmp_path / "gpt2.gguf", "gpt2"), CheckpointError, "architecture 'gpt2' is not supported"),
         "tensor type": (write_gguf(checkpoint, tmp_path / "iq4.gguf", "F32", {"model.embed_tokens.weight": iq4}),
                         CheckpointError, "IQ4_NL"),
-        "no tokenizer": (write_without_tokenizer(tmp_path / "no-tokenizer.gguf"), CheckpointError, "has no tokenizer"),
+        "no tokenizer": (write_bare_gguf(tmp_path / "no-tokenizer.gguf", "llama"), CheckpointError, "has no tokenizer"),
         "missing": (tmp_path / "absent.gguf", FileNotFoundError, "does not exist"),
     }
 

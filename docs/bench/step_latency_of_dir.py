@@ -2,9 +2,10 @@
 
     python docs/bench/step_latency_of_dir.py COMPILED_DIR [REPEATS]
 
-Used for the "before" row of docs/PERFORMANCE.md: COMPILED_DIR compiled from commit 172fc40's model code
-(e.g. `git worktree add /tmp/before 172fc40 && PYTHONPATH=/tmp/before python -m bucketserve.entrypoints.cli
-compile CHECKPOINT OUT --decoder-batch-sizes 8 4 1`, CHECKPOINT being the bench's cached smollm2-135m one).
+Medians of REPEATS calls (default 5), every row at the last position, against each decoder's floor (the bytes
+it reads over the bandwidth this machine measures first). To compare two versions of the code, compile the
+same checkpoint with each (e.g. `git worktree add /tmp/before COMMIT`, then `PYTHONPATH=/tmp/before bucketserve
+compile CHECKPOINT OUT --decoder-batch-sizes 8 4 1`) and run this over both directories, alternately.
 """
 import json
 import sys
