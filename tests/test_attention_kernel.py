@@ -1,4 +1,5 @@
-"""The CPU decode-attention kernel (kernels/paged_attention.cpp) against the compiled graphs' reductions."""
+"""The CPU decode-attention kernel (kernels/paged_attention.cpp), over float32 and bfloat16 caches, against the
+compiled graphs' reductions."""
 from __future__ import annotations
 
 import subprocess
@@ -49,16 +50,22 @@ def reference(cache, query, tables, positions, layer, block_size):
         (4, 1, 80, 32, 2, [50]),  # head_dim a whole number of vectors, but not one the kernel unrolls for
     ],
 )
-def test_kernel_matches_the_reductions(heads, kv_heads, head_dim, block_size, blocks_per_row, positions):
+@pytest.mark.parametrize("cache_dtype", [torch.float32, torch.bfloat16])
+def test_kernel_matches_the_reductions(heads, kv_heads, head_dim, block_size, blocks_per_row, positions, cache_dtype):
+    """A bfloat16 cache against the fp32 reductions over its values widened to fp32 (exact): the kernel widens
+    them in registers and computes in fp32, so it agrees as closely as over a fp32 cache (summation order)."""
     cache, query, tables, positions = paged_case(len(positions), heads, kv_heads, head_dim, block_size, blocks_per_row, positions)
+    cache = cache.to(cache_dtype)
     for layer in (0, 2):
         got = torch.ops.bucketserve.paged_decode_attention(query, cache, layer, tables, positions, block_size)
-        expected = reference(cache, query, tables, positions, layer, block_size)
+        expected = reference(cache.float(), query, tables, positions, layer, block_size)
         torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
 
-def test_kernel_reads_nothing_past_a_rows_position():
+@pytest.mark.parametrize("cache_dtype", [torch.float32, torch.bfloat16])
+def test_kernel_reads_nothing_past_a_rows_position(cache_dtype):
     cache, query, tables, positions = paged_case(2, 4, 2, 16, 16, 4, [20, 40])
+    cache = cache.to(cache_dtype)
     before = torch.ops.bucketserve.paged_decode_attention(query, cache, 1, tables, positions, 16)
     for row, position in enumerate(positions.tolist()):
         for p in range(position + 1, 64):
@@ -72,13 +79,16 @@ def test_kernel_reads_nothing_past_a_rows_position():
         (dict(positions=torch.tensor([64, 0])), "outside its 4 blocks"),
         (dict(tables=torch.tensor([[0, 1, 2, 99], [3, 4, 5, 6]])), "names block 99"),
         (dict(layer=3), "layer 3 is outside"),
-        (dict(query=torch.zeros(2, 4, 16, dtype=torch.float64)), "float32"),
+        (dict(query=torch.zeros(2, 4, 16, dtype=torch.float64)), "float32 query, got Double"),
+        (dict(query=torch.zeros(2, 4, 16, dtype=torch.bfloat16)), "float32 query, got BFloat16"),
+        (dict(cache_dtype=torch.float16), "float32 or bfloat16 kv_cache, got Half"),
     ],
 )
 def test_kernel_refuses_bad_input_with_a_reason(change, message):
     cache, query, tables, positions = paged_case(2, 4, 2, 16, 16, 4, [63, 0])
-    args = dict(query=query, tables=tables, positions=positions, layer=0, **{})
+    args = dict(query=query, tables=tables, positions=positions, layer=0, cache_dtype=torch.float32)
     args.update(change)
+    cache = cache.to(args["cache_dtype"])
     with pytest.raises(RuntimeError, match=message):
         torch.ops.bucketserve.paged_decode_attention(args["query"], cache, args["layer"], args["tables"], args["positions"], 16)
 

@@ -21,7 +21,8 @@ constexpr int64_t kRowsPerPass = 8;
 constexpr int64_t kAheadBytes = 12 * 1024;
 
 // C[rows, cols * Vec::size()] = A^T[k, rows]^T @ B[k, cols * Vec::size()], rows and cols fixed at compile time.
-template <int64_t ROWS, int64_t COLS>
+// PREFETCH: B streams from memory (blocked_linear's weight), not from a tile already in the cache.
+template <int64_t ROWS, int64_t COLS, bool PREFETCH = true>
 void pass_over_block(const float* a_t, const float* b, float* c, int64_t k, int64_t ldc, int64_t valid_cols) {
   constexpr int64_t width = COLS * Vec::size();
   const int64_t ahead = kAheadBytes / (width * sizeof(float));
@@ -29,8 +30,10 @@ void pass_over_block(const float* a_t, const float* b, float* c, int64_t k, int6
   for (int64_t r = 0; r < ROWS; ++r)
     for (int64_t j = 0; j < COLS; ++j) acc[r][j] = Vec(0.f);
   for (int64_t i = 0; i < k; ++i) {
-    const char* next = reinterpret_cast<const char*>(b + (i + ahead) * width);
-    for (int64_t byte = 0; byte < width * int64_t(sizeof(float)); byte += 64) __builtin_prefetch(next + byte, 0, 2);
+    if constexpr (PREFETCH) {
+      const char* next = reinterpret_cast<const char*>(b + (i + ahead) * width);
+      for (int64_t byte = 0; byte < width * int64_t(sizeof(float)); byte += 64) __builtin_prefetch(next + byte, 0, 2);
+    }
     Vec w[COLS];
     for (int64_t j = 0; j < COLS; ++j) w[j] = Vec::loadu(b + i * width + j * Vec::size());
     for (int64_t r = 0; r < ROWS; ++r) {
@@ -51,14 +54,15 @@ void pass_over_block(const float* a_t, const float* b, float* c, int64_t k, int6
 
 using PassFn = void (*)(const float*, const float*, float*, int64_t, int64_t, int64_t);
 
-template <int64_t COLS, int64_t... ROWS>
+template <int64_t COLS, bool PREFETCH, int64_t... ROWS>
 constexpr std::array<PassFn, sizeof...(ROWS)> passes_for(std::integer_sequence<int64_t, ROWS...>) {
-  return {&pass_over_block<ROWS + 1, COLS>...};
+  return {&pass_over_block<ROWS + 1, COLS, PREFETCH>...};
 }
 
-// pass_over_block<1..kRowsPerPass, COLS>, indexed by rows - 1.
-template <int64_t COLS>
-constexpr std::array<PassFn, kRowsPerPass> passes = passes_for<COLS>(std::make_integer_sequence<int64_t, kRowsPerPass>{});
+// pass_over_block<1..kRowsPerPass, COLS, PREFETCH>, indexed by rows - 1.
+template <int64_t COLS, bool PREFETCH = true>
+constexpr std::array<PassFn, kRowsPerPass> passes =
+    passes_for<COLS, PREFETCH>(std::make_integer_sequence<int64_t, kRowsPerPass>{});
 
 // x [rows, k] as groups of kRowsPerPass rows, each transposed to [k_t, rows in group] (x_t holds
 // groups * k_t * kRowsPerPass floats): a step of a pass broadcasts its rows' inputs from one line. Inputs
