@@ -257,6 +257,17 @@ def test_quantized_tp2_gives_the_tokens_of_tp1(tiny_checkpoint, tmp_path):
     assert shard["model.layers.0.mlp.down_proj.scales"].shape == (4, 2, 16)
 
 
+def test_a_compiled_bf16_kv_cache_reads_as_the_eager_one(quantized_gguf, tmp_path):
+    """AOTInductor graphs writing and reading a bf16 cache (our attention kernel where it builds) against the same
+    options run eagerly."""
+    options = dict(quantization="int4", kv_cache_dtype="bf16", batch_size=1, max_seq_len=64, prefill_chunk_size=16)
+    compiled = AutoModelForCausalLM.from_pretrained(quantized_gguf, export=True, **options)
+    eager = compile_eager(quantized_gguf, **options)
+    assert compiled.kv_cache.tensor.dtype == torch.bfloat16
+    torch.testing.assert_close(compiled.prefill(PROMPT, [1]).logits, eager.prefill(PROMPT, [1]).logits, **SAME_VALUES)
+    assert greedy(compiled) == greedy(eager)
+
+
 def test_a_bf16_kv_cache_halves_the_cache_and_generates(tiny_checkpoint):
     fp32 = compile_eager(tiny_checkpoint)
     bf16 = compile_eager(tiny_checkpoint, kv_cache_dtype="bf16")
