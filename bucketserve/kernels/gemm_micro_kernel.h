@@ -64,14 +64,15 @@ template <int64_t COLS, bool PREFETCH = true>
 constexpr std::array<PassFn, kRowsPerPass> passes =
     passes_for<COLS, PREFETCH>(std::make_integer_sequence<int64_t, kRowsPerPass>{});
 
-// x [rows, k] as groups of kRowsPerPass rows, each transposed to [k_t, rows in group] (x_t holds
-// groups * k_t * kRowsPerPass floats): a step of a pass broadcasts its rows' inputs from one line. Inputs
+// x [rows, k] as groups of `per_group` rows, each transposed to [k_t, rows in group] (x_t holds
+// groups * k_t * per_group floats): a step of a pass broadcasts its rows' inputs from one line. Inputs
 // past k, up to k_t, are zero.
-inline void transpose_row_groups(const float* x, float* x_t, int64_t rows, int64_t k, int64_t k_t) {
-  const int64_t groups = (rows + kRowsPerPass - 1) / kRowsPerPass;
+inline void transpose_row_groups(const float* x, float* x_t, int64_t rows, int64_t k, int64_t k_t,
+                                 int64_t per_group = kRowsPerPass) {
+  const int64_t groups = (rows + per_group - 1) / per_group;
   for (int64_t g = 0; g < groups; ++g) {
-    const int64_t first = g * kRowsPerPass, count = std::min(kRowsPerPass, rows - first);
-    float* group = x_t + g * k_t * kRowsPerPass;
+    const int64_t first = g * per_group, count = std::min(per_group, rows - first);
+    float* group = x_t + g * k_t * per_group;
     for (int64_t i = 0; i < k; ++i)
       for (int64_t r = 0; r < count; ++r) group[i * count + r] = x[(first + r) * k + i];
     std::fill(group + k * count, group + k_t * count, 0.f);
