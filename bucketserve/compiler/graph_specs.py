@@ -60,9 +60,12 @@ def _shared_inputs(compile_config: CompileConfig, kv_cache: torch.Tensor):
     return ids, context_len, torch.arange(compile_config.max_seq_len, device=device)
 
 
+# The KV cache dtypes the attention kernel (kernels/paged_attention.cpp) reads, widening bf16 to fp32 as it loads.
+ATTENTION_KERNEL_KV_DTYPES = (torch.float32, torch.bfloat16)
+
+
 def attention_kernel_reads(kv_cache_dtype: torch.dtype) -> bool:
-    """Whether the attention kernel (kernels/paged_attention.cpp) reads a KV cache of this dtype."""
-    return kv_cache_dtype == torch.float32 or kv_cache_dtype in getattr(library, "ATTENTION_KV_DTYPES", ())
+    return kv_cache_dtype in ATTENTION_KERNEL_KV_DTYPES
 
 
 def decoder_specs(model: LlamaForCausalLM, compile_config: CompileConfig, kv_cache: torch.Tensor) -> list[GraphSpec]:
