@@ -60,12 +60,14 @@ def test_decoder_batch_sizes_must_be_a_list_of_positive_integers(tiny_checkpoint
 
 
 # ---- lengths, blocks and chunks ----
-def test_kv_cache_defaults_to_one_block_per_sequence_plus_the_dummy_block(tiny_checkpoint):
+def test_kv_cache_defaults_to_blocks_of_16_for_every_sequence_plus_the_dummy_block(tiny_checkpoint):
     config = compile_eager(tiny_checkpoint, batch_size=3, max_seq_len=64).rbln_config
-    assert config.kvcache_block_size == 64
-    assert config.kvcache_num_blocks == 3 + 1
-    config = compile_eager(tiny_checkpoint, batch_size=3, max_seq_len=64, kvcache_block_size=16).rbln_config
+    assert config.kvcache_block_size == 16
     assert config.kvcache_num_blocks == 3 * 4 + 1
+    config = compile_eager(tiny_checkpoint, batch_size=3, max_seq_len=64, kvcache_block_size=64).rbln_config
+    assert config.kvcache_num_blocks == 3 + 1
+    # 16 must divide max_seq_len; otherwise one block per sequence, as before.
+    assert compile_eager(tiny_checkpoint, batch_size=3, max_seq_len=40).rbln_config.kvcache_block_size == 40
 
 
 def test_max_seq_len_above_max_position_embeddings_is_an_error(tmp_path):

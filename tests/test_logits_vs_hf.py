@@ -191,7 +191,8 @@ def test_generate_uses_the_checkpoints_eos_token_like_hf(tmp_path):
 
 def test_bfloat16_logits_are_close_to_float32(tmp_path):
     checkpoint = build_random_checkpoint(tmp_path / "checkpoint")
-    options = dict(batch_size=2, max_seq_len=64, decoder_batch_sizes=[2, 1], prefill_chunk_size=16, compiler="eager")
+    options = dict(batch_size=2, max_seq_len=64, decoder_batch_sizes=[2, 1], prefill_chunk_size=16, compiler="eager",
+                   kvcache_block_size=64)  # one block per sequence: the tables below are one block each
     fp32 = AutoModelForCausalLM.from_pretrained(checkpoint, export=True, **options)
     bf16 = AutoModelForCausalLM.from_pretrained(checkpoint, export=True, dtype="bfloat16", **options)
     bf16.save_pretrained(tmp_path / "bf16")

@@ -62,11 +62,12 @@ def seed_group_prompts(tokenizer, max_tokens: int) -> list[list[int]]:
     cut to max_tokens (a --quick model's context is short)."""
     prompts = []
     for conversation in LARGE_BATCH_CONVERSATIONS:
-        try:
-            prompts.append(tokenizer.apply_chat_template(conversation, add_generation_prompt=True, tokenize=True))
+        try:  # as LLM.chat: the template writes the special tokens itself
+            text = tokenizer.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
+            prompts.append(tokenizer.encode(text, add_special_tokens=False))
         except (ValueError, AttributeError):  # a tokenizer without a chat template
             prompts.append(tokenizer.encode(conversation[0]["content"]))
-    return [list(p["input_ids"] if isinstance(p, dict) else p)[:max_tokens] for p in prompts]
+    return [list(p)[:max_tokens] for p in prompts]
 
 
 def group_first_tokens(model, tokenizer, repeats: int = T12_REPEATS) -> dict:

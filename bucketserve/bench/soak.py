@@ -58,12 +58,13 @@ def soak_prompts(count: int, vocab_size: int, max_prompt_tokens: int, seed: int 
     return prompts
 
 
-async def _one(client, index: int, prompt: list[int], rng: random.Random) -> str:
+async def _one(client, index: int, prompt: list[int], rng: random.Random, max_model_len: int) -> str:
     """One request of its kind; returns what happened to it."""
     import httpx
 
     kind = KINDS[index % len(KINDS)]
-    body = {"model": "soak", "prompt": prompt, "max_tokens": rng.randrange(2, 24), "temperature": 0.7, "seed": index}
+    room = max_model_len - len(prompt)  # prompts take at most half the context (soak_prompts' cap)
+    body = {"model": "soak", "prompt": prompt, "max_tokens": rng.randrange(2, min(24, room)), "temperature": 0.7, "seed": index}
     if kind in ("shared-stream", "cancel-mid-stream"):
         async with client.stream("POST", "/v1/completions", json=dict(body, stream=True)) as response:
             if response.status_code != 200:
@@ -76,7 +77,7 @@ async def _one(client, index: int, prompt: list[int], rng: random.Random) -> str
             return "completed"
     if kind == "disconnect":
         try:  # the client gives up long before the answer could come
-            await client.post("/v1/completions", json=dict(body, max_tokens=64, ignore_eos=True), timeout=0.05)
+            await client.post("/v1/completions", json=dict(body, max_tokens=min(64, room), ignore_eos=True), timeout=0.05)
         except httpx.TimeoutException:
             return "disconnected"
         return "completed"
@@ -84,7 +85,8 @@ async def _one(client, index: int, prompt: list[int], rng: random.Random) -> str
     return "completed" if response.status_code == 200 else f"status {response.status_code}"
 
 
-async def _drive(base_url: str, prompts: list[list[int]], concurrency: int, deadline: float, seed: int) -> dict:
+async def _drive(base_url: str, prompts: list[list[int]], concurrency: int, deadline: float, seed: int,
+                 max_model_len: int) -> dict:
     import httpx
 
     outcomes: dict[str, int] = {}
@@ -95,7 +97,7 @@ async def _drive(base_url: str, prompts: list[list[int]], concurrency: int, dead
             while queue and time.monotonic() < deadline:
                 index, prompt = queue.pop(0)
                 try:
-                    outcome = await _one(client, index, prompt, rng)
+                    outcome = await _one(client, index, prompt, rng, max_model_len)
                 except httpx.HTTPError as error:
                     outcome = f"error {type(error).__name__}"
                 outcomes[outcome] = outcomes.get(outcome, 0) + 1
@@ -122,8 +124,8 @@ def run_soak(model_dir: str | Path, requests: int, concurrency: int = 16, time_l
 
     started = time.monotonic()
     with serve_in_thread(model_dir, **context_options) as (base_url, ctx):
-        prompts = soak_prompts(requests, ctx.vocab_size, ctx.max_model_len - 64, seed)
-        outcomes = asyncio.run(_drive(base_url, prompts, concurrency, started + time_limit_s, seed))
+        prompts = soak_prompts(requests, ctx.vocab_size, ctx.max_model_len // 2, seed)
+        outcomes = asyncio.run(_drive(base_url, prompts, concurrency, started + time_limit_s, seed, ctx.max_model_len))
         stats = wait_until_idle(ctx)
         answer = httpx.post(base_url + "/v1/completions", json={"model": "soak", "prompt": prompts[0], "max_tokens": 4},
                             timeout=60)
