@@ -1,6 +1,6 @@
 """Ranks other than 0: run rank 0's calls in the order it sends them, so the all-reduces inside the graphs meet.
 
-Rank 0 sends ("prefill" | "decode", args) before running each call itself. A rank launched by torchrun also
+Rank 0 sends ("prefill" | "prefill_batch" | "decode", args) before running each call itself. A rank launched by torchrun also
 runs the user's script, so rank 0 ends each of the script's calls (LLM.generate, LLM.chat, model.generate)
 with ("result", value) or ("error", exception), which that rank's same call returns or raises; ("stop", None)
 ends the model (rank 0 closed it).
@@ -17,7 +17,7 @@ from .model_runner import ModelRunner
 from .tp_error import TensorParallelError
 
 logger = logging.getLogger(__name__)
-CALLS = ("prefill", "decode")
+CALLS = ("prefill", "prefill_batch", "decode")  # TensorParallelRunner's calls that every rank runs
 GONE = "gone"  # rank 0 closed the connection: its process ended, or its host stopped answering
 
 
@@ -85,6 +85,9 @@ class FollowerRunner:
 
     def prefill(self, *args):
         raise self._not_here("prefill")
+
+    def prefill_batch(self, *args):
+        raise self._not_here("prefill_batch")
 
     def decode(self, *args):
         raise self._not_here("decode")
