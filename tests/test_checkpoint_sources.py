@@ -13,7 +13,7 @@ from safetensors.torch import load_file, save_file
 from bucketserve import AutoModelForCausalLM
 from bucketserve.checkpoints.safetensors_checkpoint import MappedWeights
 
-EAGER = dict(compiler="eager", batch_size=2, max_seq_len=64)
+EAGER = dict(compiler="eager", batch_size=2, max_seq_len=64, kvcache_block_size=64)  # logits_of uses one block
 
 
 def logits_of(model, token_ids=(5, 6, 7)) -> torch.Tensor:

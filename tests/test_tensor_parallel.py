@@ -106,7 +106,7 @@ def test_an_interrupted_call_closes_the_model_instead_of_leaving_the_ranks_out_o
     def interrupted(*args):  # as a Ctrl-C landing after the workers started the call, between two all-reduces
         raise KeyboardInterrupt
 
-    runner.local.prefill = interrupted
+    runner.local.prefill_batch = interrupted  # the engine prefills through prefill_batch
     with pytest.raises(KeyboardInterrupt):
         llm.generate(PROMPTS[:1], GREEDY, use_tqdm=False)
     assert all(w.process.wait(10) is not None for w in workers)
