@@ -10,6 +10,7 @@ import torch
 
 from .models.config import ModelConfig
 from .models.tensor_parallel import check_shardable
+from .quantization.options import kv_cache_dtype, split_quantization
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +32,12 @@ class CompileConfig:
     dtype: str = "float32"
     device: str = "cpu"
     compiler: str = "aoti"  # "eager" runs the same model code uncompiled (debugging, fast tests)
+    quantization: str | None = None  # weights: "int8", "int4" (quantization/), None: float
+    kv_cache_dtype: str = "auto"  # normalized to a torch dtype name; "auto" (older manifests): dtype
+
+    @property
+    def kv_cache_torch_dtype(self) -> torch.dtype:
+        return getattr(torch, self.dtype if self.kv_cache_dtype == "auto" else self.kv_cache_dtype)
 
     @property
     def blocks_per_sequence(self) -> int:
@@ -117,7 +124,8 @@ def build_compile_config(options: dict[str, Any], model_config: ModelConfig) -> 
             f"bucketserve attends over the whole context, so use max_seq_len <= {model_config.sliding_window}"
         )
     tp = _positive_int("tensor_parallel_size", o.get("tensor_parallel_size", 1))
-    check_shardable(model_config, tp)
+    scheme, kv_cache = split_quantization(o.get("quantization"), o.get("kv_cache_dtype"))
+    check_shardable(model_config, tp, quantized=scheme is not None)
     block_size = _positive_int("kvcache_block_size", o.get("kvcache_block_size", max_seq_len))
     if max_seq_len % block_size:
         raise ValueError(
@@ -160,4 +168,6 @@ def build_compile_config(options: dict[str, Any], model_config: ModelConfig) -> 
         dtype=dtype,
         device=device,
         compiler=compiler,
+        quantization=scheme,
+        kv_cache_dtype=kv_cache_dtype(kv_cache, dtype),
     )

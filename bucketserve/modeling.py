@@ -21,11 +21,12 @@ from .compiler.manifest import read_manifest, verify_manifest, weight_like_files
 from .compiler.tensor_parallel import compile_tensor_parallel
 from .config import CompileConfig, build_compile_config, normalize_decoder_batch_sizes, split_rbln_aliases
 from .models.config import SUPPORTED_MODEL_TYPES, ModelConfig
+from .quantization.options import kv_cache_dtype, split_quantization
 from .runtime.kv_cache import KVCache
 from .runtime.model_runner import ModelRunner, PrefillOutput
 from .runtime.rank_loader import load_rank_runner
 from .runtime.tp_runner import TensorParallelRunner
-from .runtime.weights import build_model, tied_as_stored
+from .runtime.weights import build_model, checkpoint_state, tied_as_stored
 
 
 class BucketModelForCausalLM:
@@ -72,13 +73,13 @@ class BucketModelForCausalLM:
         model_config = ModelConfig.from_hf_dict(checkpoint.hf_config)
         cls._check_model_type(model_config.model_type)
         compile_config = build_compile_config(options, model_config)
-        weights = checkpoint.float_tensors()  # nothing is read (or dequantized) until a tensor is used
-        model_config = tied_as_stored(model_config, weights)
+        # Nothing is read (or dequantized, or quantized) until a tensor is used.
+        model_config = tied_as_stored(model_config, checkpoint.float_tensors())
         out_dir = Path(tempfile.mkdtemp(prefix="bucketserve-"))
         try:
             if compile_config.tensor_parallel_size == 1:
                 device = torch.device(compile_config.device)
-                model = build_model(model_config, compile_config, weights, device)
+                model = build_model(model_config, compile_config, checkpoint_state(checkpoint, compile_config, model_config), device)
                 build_compiled_directory(checkpoint, out_dir, model, compile_config)
                 runner = ModelRunner(out_dir, model, compile_config, device)  # reuses the weights just built
                 checkpoint.release_pages()  # see load_rank_runner
@@ -99,10 +100,21 @@ class BucketModelForCausalLM:
         compile_config = CompileConfig.from_dict(manifest["compile_config"])
         model_config = ModelConfig.from_dict(manifest["model_config"])
         cls._check_model_type(model_config.model_type)
-        for name, value in split_rbln_aliases(options).items():
+        given = split_rbln_aliases(options)
+        normalized = dict(given)
+        if "quantization" in given or "kv_cache_dtype" in given:  # as compiled: "bf16" is "bfloat16"; a dict is both
+            scheme, kv_cache = split_quantization(given.get("quantization"), given.get("kv_cache_dtype"))
+            normalized.update({"quantization": scheme} if "quantization" in given else {})
+            if kv_cache is not None:
+                normalized["kv_cache_dtype"] = kv_cache_dtype(kv_cache, compile_config.dtype)
+        for name, wanted in normalized.items():
+            value = given.get(name, given.get("quantization"))
             compiled = getattr(compile_config, name)
+            if name == "kv_cache_dtype":
+                compiled = str(compile_config.kv_cache_torch_dtype).removeprefix("torch.")
             # Compare as compiled: decoder_batch_sizes=[1, 4, 8] asks for the same decoders as (8, 4, 1).
-            wanted = normalize_decoder_batch_sizes(value, compile_config.batch_size) if name == "decoder_batch_sizes" else value
+            if name == "decoder_batch_sizes":
+                wanted = normalize_decoder_batch_sizes(wanted, compile_config.batch_size)
             if wanted != compiled:
                 raise ValueError(
                     f"{name}={value!r} was given, but {directory} was compiled with {name}={compiled!r}; "

@@ -6,6 +6,7 @@ import logging
 import time
 from pathlib import Path
 
+import torch
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
@@ -14,6 +15,8 @@ from ..checkpoints.safetensors_checkpoint import SINGLE_FILE
 from ..config import CompileConfig
 from ..kernels import library
 from ..models.llama import LlamaForCausalLM
+from ..quantization.checkpoint_state import describe_plan
+from ..quantization.transform import is_quantized
 from ..runtime.kv_cache import KVCache
 from ..runtime.weights import weights_to_save
 from . import aoti
@@ -29,7 +32,15 @@ def build_compiled_directory(
 ) -> None:
     """The whole directory for tensor_parallel_size 1: shared files, weights, graphs, manifest."""
     compile_seconds = write_rank_files(checkpoint, out_dir, model, compile_config, rank=0, world_size=1)
-    write_manifest(out_dir, compile_config.to_dict(), model.config.to_dict(), compile_seconds, checkpoint.describe())
+    write_manifest(out_dir, compile_config.to_dict(), model.config.to_dict(), compile_seconds, checkpoint.describe(),
+                   quantized_tensors(checkpoint, compile_config, model.config.tie_word_embeddings))
+
+
+def quantized_tensors(checkpoint: Checkpoint, compile_config: CompileConfig, tied: bool) -> dict | None:
+    """For the manifest: what quantization did with each weight (kept the file's blocks, or quantized them)."""
+    if compile_config.quantization is None:
+        return None
+    return describe_plan(checkpoint.tensors, compile_config.quantization, tied)
 
 
 def write_rank_files(
@@ -51,7 +62,7 @@ def write_rank_files(
         return compile_seconds
     (target / GRAPHS_DIR).mkdir(exist_ok=True)
     # A cache to trace against; graphs take the runtime's own cache as an input later.
-    kv_cache = KVCache(model, compile_config, model.lm_head.weight.device).tensor
+    kv_cache = KVCache(model, compile_config, model.model.norm.weight.device).tensor
     decoders = decoder_specs(model, compile_config, kv_cache)
     prefix = "" if world_size == 1 else f"rank{rank}/"
     with tqdm(total=len(decoders) + 1, desc="compiling graphs", unit="graph", disable=rank != 0) as bar:
@@ -68,11 +79,18 @@ def write_rank_files(
 
         # Decoders first: the prefill reads each weight in the blocked layout the decoders' GEMM chose.
         described = [aoti.read_packed(compile_one(spec)) for spec in decoders]
-        if any(spec.module.form.attention_kernel for spec in decoders):
+        if any(spec.module.form.attention_kernel for spec in decoders) or calls_quantized_kernel(model, kv_cache):
             library.copy_into(target / GRAPHS_DIR)  # the graphs call it: the directory carries it
         block_sizes = block_sizes_by_shape(described, graph_constants(decoders[0].module))
         compile_one(prefill_spec(model, compile_config, kv_cache, block_sizes))
     return compile_seconds
+
+
+def calls_quantized_kernel(model: LlamaForCausalLM, kv_cache) -> bool:
+    """Whether the graphs of a quantized model were traced through torch.ops.bucketserve.quantized_linear
+    (models.projections.quantized_linear: fp32 on the CPU, where this process has the op)."""
+    return (is_quantized(model) and kv_cache.device.type == "cpu" and model.model.norm.weight.dtype == torch.float32
+            and "quantized_linear" in library.registered_ops())
 
 
 def _write_generation_config(out_dir: Path) -> None:

@@ -13,6 +13,7 @@ from ..config import CompileConfig
 from ..kernels import library
 from ..models.llama import DecoderGraph, LlamaForCausalLM, PrefillGraph
 from ..models.projections import COMPILED_CPU_DECODE, COMPILED_DECODE, GraphForm, kernel_decode_form
+from ..quantization.transform import is_quantized
 from .packed_weights import FOLD_CONFIGS, GEMM_TEMPLATE_CONFIGS, uses_blocked_gemm
 
 PREFILL = "prefill"
@@ -59,6 +60,11 @@ def _shared_inputs(compile_config: CompileConfig, kv_cache: torch.Tensor):
     return ids, context_len, torch.arange(compile_config.max_seq_len, device=device)
 
 
+def attention_kernel_reads(kv_cache_dtype: torch.dtype) -> bool:
+    """Whether the attention kernel (kernels/paged_attention.cpp) reads a KV cache of this dtype."""
+    return kv_cache_dtype == torch.float32 or kv_cache_dtype in getattr(library, "ATTENTION_KV_DTYPES", ())
+
+
 def decoder_specs(model: LlamaForCausalLM, compile_config: CompileConfig, kv_cache: torch.Tensor) -> list[GraphSpec]:
     """One graph per decoder batch size; their shapes are fixed by it, but for the context length.
 
@@ -67,13 +73,18 @@ def decoder_specs(model: LlamaForCausalLM, compile_config: CompileConfig, kv_cac
     AVX-512; where only the attention kernel builds, Inductor's C++ GEMM template runs the projections."""
     ids, context_len, context_positions = _shared_inputs(compile_config, kv_cache)
     blocks = compile_config.blocks_per_sequence
-    cpu_fp32 = uses_blocked_gemm(kv_cache.device, model.lm_head.weight.dtype)
+    cpu_fp32 = uses_blocked_gemm(kv_cache.device, model.model.norm.weight.dtype)
+    # Built first (once per machine): a quantized model's projections call its quantized_linear where it exists.
+    attention_kernel = cpu_fp32 and library.build() is not None and attention_kernel_reads(kv_cache.dtype)
     block_n = library.gemm_block_n() if cpu_fp32 else None
-    if block_n is not None:
+    if is_quantized(model):
+        # Packed weights are read as they are (quantization/): nothing to reorder, so no freezing and no template.
+        form, configs = GraphForm(decode_attention=True, attention_kernel=attention_kernel), {}
+    elif block_n is not None:
         # Freezing folds each weight's reorder into a constant that load_graph rebuilds (packed_weights).
-        form, configs = kernel_decode_form(block_n), FOLD_CONFIGS
+        form, configs = kernel_decode_form(block_n, attention_kernel), FOLD_CONFIGS
     elif cpu_fp32:
-        form = COMPILED_CPU_DECODE if library.build() is not None else COMPILED_DECODE
+        form = COMPILED_CPU_DECODE if attention_kernel else COMPILED_DECODE
         configs = GEMM_TEMPLATE_CONFIGS
     else:
         form, configs = COMPILED_DECODE, {}

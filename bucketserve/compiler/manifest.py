@@ -25,8 +25,9 @@ class CompiledModelError(RuntimeError):
 
 
 def write_manifest(directory: Path, compile_config: dict, model_config: dict, compile_seconds: dict,
-                   source: dict) -> None:
-    """source: what the model was compiled from (Checkpoint.describe: format, file, tensor types)."""
+                   source: dict, quantized_tensors: dict | None = None) -> None:
+    """source: what the model was compiled from (Checkpoint.describe: format, file, tensor types).
+    quantized_tensors: with quantization, each packed module's bits, source type and whether it was kept."""
     files = {
         str(p.relative_to(directory)): {"sha256": sha256_of(p), "bytes": p.stat().st_size}
         for p in sorted(directory.rglob("*"))
@@ -38,6 +39,7 @@ def write_manifest(directory: Path, compile_config: dict, model_config: dict, co
         "compile_config": compile_config,
         "model_config": model_config,
         "source": source,
+        **({"quantized_tensors": quantized_tensors} if quantized_tensors else {}),
         "compile_seconds": compile_seconds,
         "files": files,
     }

@@ -14,7 +14,7 @@ GRAPH_SOURCES = ("models", "compiler", "kernels")
 def source_digest() -> str:
     digest = hashlib.sha256()
     for folder in GRAPH_SOURCES:
-        for path in sorted(p for p in (PACKAGE_DIR / folder).iterdir() if p.suffix in (".py", ".cpp")):
+        for path in sorted(p for p in (PACKAGE_DIR / folder).iterdir() if p.suffix in (".py", ".cpp", ".h")):
             digest.update(path.name.encode())
             digest.update(path.read_bytes())
     return digest.hexdigest()[:12]

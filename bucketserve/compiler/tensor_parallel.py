@@ -18,9 +18,9 @@ from ..config import CompileConfig
 from ..models.config import ModelConfig
 from ..models.tensor_parallel import shard_model
 from ..runtime import distributed
-from ..runtime.weights import build_model
+from ..runtime.weights import build_model, checkpoint_state
 from ..runtime.worker_process import WorkerProcess
-from .build import write_rank_files
+from .build import quantized_tensors, write_rank_files
 from .layout import GRAPHS_DIR, rank_dir
 from .manifest import write_manifest
 
@@ -32,7 +32,8 @@ def _compile_rank(job: dict) -> dict[str, float]:
     try:
         device = distributed.rank_device(config.device, rank)
         checkpoint = open_checkpoint(job["source"])
-        full = build_model(ModelConfig.from_dict(job["model_config"]), config, checkpoint.float_tensors(), device)
+        model_config = ModelConfig.from_dict(job["model_config"])
+        full = build_model(model_config, config, checkpoint_state(checkpoint, config, model_config), device)
         model = shard_model(full, rank, world_size)
         return write_rank_files(checkpoint, Path(job["out_dir"]), model, config, rank, world_size, compile_graphs=rank == 0)
     finally:
@@ -73,7 +74,7 @@ def compile_tensor_parallel(checkpoint: Checkpoint, out_dir: Path, compile_confi
         for rank in range(1, compile_config.tensor_parallel_size):
             shutil.copytree(graphs, rank_dir(out_dir, rank, compile_config.tensor_parallel_size) / GRAPHS_DIR)
     write_manifest(out_dir, compile_config.to_dict(), model_config.to_dict(), dict(sorted(compile_seconds.items())),
-                   checkpoint.describe())
+                   checkpoint.describe(), quantized_tensors(checkpoint, compile_config, model_config.tie_word_embeddings))
 
 
 def compile_rank_main(conn: Connection) -> None:

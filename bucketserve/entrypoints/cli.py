@@ -93,6 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=["float32", "bfloat16"], help="default: float32")
     p.add_argument("--device", choices=["cpu", "cuda"], help="default: cpu")
     p.add_argument("--compiler", choices=["aoti", "eager"], help="default: aoti")
+    p.add_argument("--quantization", help="weights: int8 or int4 (a GGUF file's Q8_0/Q4_0/Q4_1 blocks are kept as they "
+                                          "are); default: float")
+    p.add_argument("--kv-cache-dtype", help="bf16 (or auto, float32); default: auto, the model's dtype")
     p.set_defaults(func=_compile)
 
     p = sub.add_parser("generate", help="generate from prompts with a compiled directory")

@@ -8,6 +8,7 @@ only loads a compiled directory needs no compiler: the library travels inside th
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 import re
 import shutil
@@ -20,10 +21,11 @@ import torch
 logger = logging.getLogger(__name__)
 
 LIBRARY_FILE = "bucketserve_kernels.so"  # its name inside a compiled directory's graphs/
-SOURCES = [Path(__file__).with_name(name) for name in ("paged_attention.cpp", "blocked_linear.cpp")]
+SOURCES = [Path(__file__).with_name(name) for name in ("paged_attention.cpp", "blocked_linear.cpp", "quantized_linear.cpp")]
+HEADERS = [Path(__file__).with_name("gemm_micro_kernel.h")]  # included by SOURCES
 
 
-OPS = ("paged_decode_attention", "blocked_linear")
+OPS = ("paged_decode_attention", "blocked_linear", "quantized_linear")
 
 
 def registered_ops() -> list[str]:
@@ -85,12 +87,19 @@ def build() -> Path | None:
     try:
         name = "bucketserve_kernels_" + (re.sub(r"\W+", "_", str(isa)) if isa else "scalar")
         path = cpp_extension.load(name, [str(s) for s in SOURCES],
-                                  extra_cflags=build_flags(), is_python_module=False)
+                                  extra_cflags=[*build_flags(), _headers_version()], is_python_module=False)
     except (OSError, RuntimeError, SystemExit) as error:  # no compiler, no ninja, or a failed build
         logger.warning("the CPU kernels could not be built (%s); decoders use Inductor's loops and GEMM template", error)
         return None
     _register_fake()
     return Path(path)
+
+
+def _headers_version() -> str:
+    """A macro holding the headers' digest: cpp_extension rebuilds when a source's text or a flag changes, and
+    would not see a change to a header alone."""
+    digest = hashlib.sha256(b"".join(header.read_bytes() for header in HEADERS)).hexdigest()[:16]
+    return f"-DBUCKETSERVE_HEADERS_VERSION={digest}"
 
 
 def _build_in_child_process() -> Path | None:
@@ -139,4 +148,8 @@ def _register_fake() -> None:
 
     @torch.library.register_fake("bucketserve::blocked_linear")
     def _(x, weight_blocks, n):
+        return x.new_empty(*x.shape[:-1], n)
+
+    @torch.library.register_fake("bucketserve::quantized_linear")
+    def _(x, qweight, scales, mins, n, k):
         return x.new_empty(*x.shape[:-1], n)

@@ -28,6 +28,10 @@ class Linear(nn.Linear):
         out = form.project(x, self.weight)
         return out if self.bias is None else out + self.bias
 
+    def tie_to(self, embedding: nn.Embedding) -> None:
+        """Use the embedding's weight as this layer's (tie_word_embeddings): one tensor for both."""
+        self.weight = embedding.weight
+
 
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float):
@@ -215,7 +219,8 @@ class LlamaForCausalLM(nn.Module):
 
     def tie_weights(self) -> None:
         if self.config.tie_word_embeddings:
-            self.lm_head.weight = self.model.embed_tokens.weight
+            # Through the layer, which knows its own weight's form (a transform may have swapped both modules).
+            self.lm_head.tie_to(self.model.embed_tokens)
 
     def hidden_states(self, input_ids, positions, slot_mapping, block_tables, context_positions, kv_cache, form: GraphForm = EAGER):
         """Final-norm hidden states [rows, query_len, hidden] of every token.

@@ -8,11 +8,15 @@
   projection weight once, in the blocked layout, and never reads the plain one after loading.
 - torch.ops.bucketserve.blocked_linear: the compiled CPU fp32 decode steps' where our kernel library builds
   for AVX-512 (kernels/blocked_linear.cpp), over the same blocked layout; it replaces the template there.
+- quantized_linear: every form's, for a weight in the packed int8 / int4 layout (quantization/layout.py).
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+from ..kernels import library
+from ..quantization.layout import PackedWeight, reference_linear
 
 
 def dense_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -25,6 +29,18 @@ def dense_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     if x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32 and torch.backends.mkldnn.is_available():
         return torch.ops.mkldnn._linear_pointwise(x, weight, None, "none", [None], "")
     return F.linear(x, weight)
+
+
+def quantized_linear(x: torch.Tensor, packed: PackedWeight) -> torch.Tensor:
+    """x @ dequantize(packed).T: torch.ops.bucketserve.quantized_linear (kernels/quantized_linear.cpp), which
+    dequantizes in registers, where this process has it and x is fp32 on the CPU; else the plain-torch reference
+    (dequantize, then matmul: CUDA, bf16, machines where the library does not build), whose float weight is a
+    temporary of the call, never kept."""
+    n, k = packed.shape
+    if x.device.type == "cpu" and x.dtype == torch.float32 and "quantized_linear" in library.registered_ops():
+        out = torch.ops.bucketserve.quantized_linear(x.reshape(-1, k), packed.qweight, packed.scales, packed.mins, n, k)
+        return out.view(*x.shape[:-1], n)
+    return reference_linear(x, packed).to(x.dtype)
 
 
 def blocked_linear(x: torch.Tensor, weight: torch.Tensor, block_n: int) -> torch.Tensor:
@@ -75,6 +91,10 @@ class GraphForm:
             return blocked_linear(x, weight, block_n)
         return F.linear(x, weight) if self.compiler_gemm else dense_linear(x, weight)
 
+    def project_quantized(self, x: torch.Tensor, packed: PackedWeight) -> torch.Tensor:
+        """x @ weight.T for a packed weight: the same GEMM in every form (quantized_linear)."""
+        return quantized_linear(x, packed)
+
 
 EAGER = GraphForm()
 COMPILED_DECODE = GraphForm(decode_attention=True, compiler_gemm=True)
@@ -82,6 +102,7 @@ COMPILED_DECODE = GraphForm(decode_attention=True, compiler_gemm=True)
 COMPILED_CPU_DECODE = GraphForm(decode_attention=True, compiler_gemm=True, attention_kernel=True)
 
 
-def kernel_decode_form(block_n: int) -> GraphForm:
-    """On the CPU in fp32 where both kernels build: attention and every projection through them."""
-    return GraphForm(decode_attention=True, attention_kernel=True, gemm_kernel_block_n=block_n)
+def kernel_decode_form(block_n: int, attention_kernel: bool = True) -> GraphForm:
+    """On the CPU in fp32 where both kernels build: attention and every projection through them (the attention
+    as multiply-and-sum reductions instead where the kernel cannot read the cache's dtype)."""
+    return GraphForm(decode_attention=True, attention_kernel=attention_kernel, gemm_kernel_block_n=block_n)

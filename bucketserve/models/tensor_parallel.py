@@ -15,13 +15,16 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from ..quantization.layout import GROUP
+from ..quantization.modules import QuantizedLinear
 from .config import ModelConfig
 from .llama import LlamaForCausalLM
 from .projections import EAGER, GraphForm
 
 
-def check_shardable(config: ModelConfig, world_size: int) -> None:
-    """Raise ValueError, naming the numbers, unless `config` splits evenly over `world_size` ranks."""
+def check_shardable(config: ModelConfig, world_size: int, quantized: bool = False) -> None:
+    """Raise ValueError, naming the numbers, unless `config` splits evenly over `world_size` ranks (and, for
+    quantized weights, o_proj's and down_proj's inputs split at whole groups of GROUP)."""
     heads, kv_heads = config.num_attention_heads, config.num_key_value_heads
     if heads % world_size:
         raise ValueError(
@@ -37,6 +40,14 @@ def check_shardable(config: ModelConfig, world_size: int) -> None:
         raise ValueError(
             f"intermediate_size {config.intermediate_size} does not divide by tensor_parallel_size {world_size}"
         )
+    if quantized and world_size > 1:
+        for what, size in (("o_proj", heads // world_size * config.head_dim),
+                           ("down_proj", config.intermediate_size // world_size)):
+            if size % GROUP:
+                raise ValueError(
+                    f"a rank's slice of {what}'s inputs ({size}) is not a multiple of the quantization group "
+                    f"({GROUP}), so its scales cannot be split; choose another tensor_parallel_size, or no quantization"
+                )
 
 
 def kv_heads_per_rank(config: ModelConfig, world_size: int) -> int:
@@ -59,15 +70,31 @@ class AllReduceLinear(nn.Module):
         return out if self.bias is None else out + self.bias
 
 
-def _rows(linear: nn.Linear, start: int, stop: int) -> None:
+class AllReduceQuantizedLinear(QuantizedLinear):
+    """AllReduceLinear over a packed weight (quantization/): the rank's whole groups of inputs."""
+
+    def forward(self, x: torch.Tensor, form: GraphForm = EAGER) -> torch.Tensor:
+        from torch.distributed import _functional_collectives as funcol
+
+        partial = form.project_quantized(x, self.packed)
+        out = funcol.all_reduce(partial, "sum", dist.group.WORLD)
+        return out if self.bias is None else out + self.bias
+
+
+def _rows(linear: nn.Module, start: int, stop: int) -> None:
     """Keep output rows [start, stop) of a linear layer (a copy, so the full tensor can be freed)."""
+    if isinstance(linear, QuantizedLinear):
+        linear.take_rows(start, stop)
+        return
     linear.weight = nn.Parameter(linear.weight[start:stop].clone(), requires_grad=False)
     if linear.bias is not None:
         linear.bias = nn.Parameter(linear.bias[start:stop].clone(), requires_grad=False)
     linear.out_features = stop - start
 
 
-def _split_by_input(linear: nn.Linear, start: int, stop: int) -> AllReduceLinear:
+def _split_by_input(linear: nn.Module, start: int, stop: int) -> nn.Module:
+    if isinstance(linear, QuantizedLinear):
+        return AllReduceQuantizedLinear(linear.input_slice(start, stop), None if linear.bias is None else linear.bias.clone())
     return AllReduceLinear(linear.weight[:, start:stop].clone(), None if linear.bias is None else linear.bias.clone())
 
 

@@ -16,7 +16,7 @@ class KVCache:
         self.num_blocks = compile_config.kvcache_num_blocks
         self.blocks_per_sequence = compile_config.blocks_per_sequence
         self.tensor = torch.zeros(
-            cache_shape(model, compile_config), dtype=getattr(torch, compile_config.dtype), device=device
+            cache_shape(model, compile_config), dtype=compile_config.kv_cache_torch_dtype, device=device
         )
 
     @property

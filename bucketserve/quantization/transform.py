@@ -1,0 +1,68 @@
+"""quantize_model: the plain model's projections and embedding swapped for their quantized forms (as gpt-fast's
+quantize.py does), after the model is built and before weights are assigned. The model code has no flag for it.
+
+A plan says which modules are quantized and in how many bits: {module name: 8 or 4}. Every projection (q/k/v/o,
+gate/up/down), the lm_head and the embedding are in it; norms stay float. A tied lm_head is not in the plan: it
+shares the embedding's packed tensors, so the embedding's bits are its bits.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+
+from .layout import PackedWeight
+from .modules import QuantizedEmbedding, QuantizedLinear, empty_packed
+
+PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+EMBEDDING = "model.embed_tokens"
+LM_HEAD = "lm_head"
+QWEIGHT = "qweight"
+
+
+def is_quantized_module(name: str) -> bool:
+    """Whether a module of the Llama family (by its name in the model) is one quantization swaps."""
+    return name in (EMBEDDING, LM_HEAD) or name.rpartition(".")[2] in PROJECTIONS
+
+
+def is_quantized(model: nn.Module) -> bool:
+    return any(isinstance(module, QuantizedLinear) for module in model.modules())
+
+
+def plan_of_state(state: Mapping[str, torch.Tensor]) -> dict[str, int]:
+    """The plan a state dict was saved with: every `<module>.qweight`, int8 -> 8 bits, uint8 -> 4."""
+    return {name.removesuffix("." + QWEIGHT): 8 if tensor.dtype == torch.int8 else 4
+            for name, tensor in state.items() if name.endswith("." + QWEIGHT)}
+
+
+def quantize_model(model: nn.Module, plan: Mapping[str, int], dtype: torch.dtype) -> nn.Module:
+    """Swap, in place, each module named in plan for its quantized form with uninitialised tensors on the
+    module's device (build the model on `meta`, then assign the packed tensors by name). dtype: the model's
+    float dtype, which the embedding's rows are dequantized to."""
+    unknown = sorted(name for name in plan if not is_quantized_module(name))
+    if unknown:
+        raise ValueError(f"quantize_model swaps the projections, the lm_head and the embedding; not {unknown[:5]}")
+    modules = dict(model.named_modules())
+    for name, bits in plan.items():
+        old = modules[name]
+        if isinstance(old, nn.Embedding):
+            vocab, hidden = old.weight.shape
+            new = QuantizedEmbedding(empty_packed(vocab, hidden, bits, old.weight.device), dtype)
+        else:
+            n, k = old.weight.shape
+            new = QuantizedLinear(empty_packed(n, k, bits, old.weight.device), old.bias)
+        parent, _, leaf = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, leaf, new)
+    if model.config.tie_word_embeddings and EMBEDDING in plan:
+        model.lm_head = QuantizedLinear(model.get_submodule(EMBEDDING).packed)
+        model.tie_weights()  # one set of packed tensors for both
+    return model
+
+
+def packed_state(name: str, packed: PackedWeight) -> dict[str, torch.Tensor]:
+    """The state dict entries of one packed module, as model.safetensors stores them."""
+    entries = {f"{name}.{QWEIGHT}": packed.qweight, f"{name}.scales": packed.scales}
+    if packed.mins is not None:
+        entries[f"{name}.mins"] = packed.mins
+    return entries
