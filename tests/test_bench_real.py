@@ -221,6 +221,8 @@ def test_weight_bytes_count_whatever_the_model_stores(tiny_llm):
     (["--real", "--gguf-file", "/nonexistent/model.gguf"], "--gguf-file /nonexistent/model.gguf is not a file"),
     (["--accuracy", "--quick", "--gguf-file", __file__], "--quick with --real writes its own tiny GGUF model"),
     (["--real", "--repeats", "0"], "--repeats must be >= 1, got 0"),
+    (["--real", "--tp-sizes", "2"], "--tp-sizes is an option of the random-model bench"),
+    (["--accuracy", "--prompt-len", "8"], "--prompt-len is an option of the random-model bench"),
 ])
 def test_bad_real_mode_options_are_refused_before_anything_runs(argv, message):
     with pytest.raises(ValueError, match=message.replace(".", r"\.")):

@@ -109,6 +109,11 @@ def _check_real_mode_flags(args, real_mode: bool) -> None:
                 raise ValueError(f"{flag} {given} is an option of the real-model mode; add --real or --accuracy, "
                                  f"or leave {flag} out")
         return
+    for flag, name in (("--prompt-len", "prompt_len"), ("--arrival-requests", "arrival_requests"),
+                       ("--tp-sizes", "tensor_parallel_sizes")):
+        if getattr(args, name, None) is not None:
+            raise ValueError(f"{flag} is an option of the random-model bench; --real and --accuracy prompt with the "
+                             f"seed's chats and have no arrivals or tensor-parallel scenario: leave {flag} out")
     if getattr(args, "shape", None) is not None:
         raise ValueError(f"--shape {args.shape} picks a random model's shape; --real and --accuracy run a GGUF file "
                          "(SmolLM2's, or --gguf-file): leave --shape out")

@@ -11,6 +11,15 @@ def _header(results: dict) -> list[str]:
             f"({machine['logical_cores']} cores), torch {machine['torch']}"]
 
 
+def _compact(value) -> str:
+    """A target's detail on one line: floats to 3 significant digits."""
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {_compact(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    return str(value)
+
+
 def _targets(results: dict) -> list[str]:
     lines = ["", "targets"]
     for name, target in results["targets"].items():
@@ -18,7 +27,7 @@ def _targets(results: dict) -> list[str]:
         lines.append(f"   {name:10s} {_met(target['met']):12s} value {_value(target['value'])} (limit {_value(limit)}): "
                      f"{target['description']}")
         if target["met"] is not True:
-            lines.append(f"              why: {target['detail']}")
+            lines.append(f"              why: {_compact(target['detail'])}")
     if results.get("skipped"):
         lines += [""] + [f"skipped {name}: {reason}" for name, reason in results["skipped"].items()]
     return lines
