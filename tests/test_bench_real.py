@@ -232,6 +232,7 @@ def test_bad_real_mode_options_are_refused_before_anything_runs(argv, message):
 def test_real_mode_defaults_and_quick_defaults():
     real = build_options(parse("--real"))
     assert (real.real, real.accuracy, real.compiler, real.new_tokens, real.repeats) == (True, False, "aoti", 128, 3)
+    assert str(real.out_dir) == "bench-results/real"  # apart from the random bench's bench.json
     quick = build_options(parse("--accuracy", "--quick", "--repeats", "2"))
     assert (quick.accuracy, quick.compiler, quick.repeats) == (True, "eager", 2)  # explicit flags win over --quick's
     assert build_options(parse("--quick")).real is False

@@ -41,7 +41,7 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
                              "1 alone: no comparison)")
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--cache-dir", dest="cache_dir", default=None, help="compiled models (default ~/.cache/bucketserve/bench)")
-    parser.add_argument("--out-dir", dest="out_dir", default=None, help="bench.json and plots (default ./bench-results)")
+    parser.add_argument("--out-dir", dest="out_dir", default=None, help="bench.json and plots (default ./bench-results; --real, --accuracy: ./bench-results/real)")
     parser.add_argument("--recompile", action="store_true", default=None, help="compile again even if cached")
     real = parser.add_argument_group("real model", "SmolLM2-135M-Instruct's GGUF file compiled in fp32, int8 (from its Q8_0 "
                                      "requantization) and int4 (from its Q4_0), against llama.cpp on the same files")

@@ -58,8 +58,9 @@ QUICK = dict(shape="tiny", max_seq_len=64, prefill_chunk_size=16, prompt_len=8, 
 
 # --real / --accuracy: the real model's own shape; a context for the seed's chats and 128 new tokens, in windows
 # of which perplexity is taken. --quick with them: a tiny random model written as GGUF, a few tokens.
-REAL = dict(max_seq_len=1024, new_tokens=128, step_repeats=10)
-REAL_QUICK = dict(max_seq_len=64, prefill_chunk_size=16, new_tokens=8, step_repeats=3, repeats=1, compiler="eager")
+# Their files go apart from the random bench's (both write bench.json).
+REAL = dict(max_seq_len=1024, new_tokens=128, step_repeats=10, out_dir="bench-results/real")
+REAL_QUICK = dict(out_dir="bench-results/real", max_seq_len=64, prefill_chunk_size=16, new_tokens=8, step_repeats=3, repeats=1, compiler="eager")
 
 
 def build_options(args) -> BenchOptions:
