@@ -128,6 +128,7 @@ def test_accuracy_scores_the_shipped_text_and_answers_every_question(real_run):
     text = results["text"]
     assert text["characters"] == len(accuracy.load_text()) > 10_000
     assert text["window_tokens"] == results["options"]["max_seq_len"] - 1
+    assert text["tokens"] == min(text["text_tokens"], 8 * text["window_tokens"])  # --quick scores 8 windows
     fp32 = results["perplexity"]["fp32"]
     chunks = accuracy.windows(list(range(text["tokens"])), text["window_tokens"])
     assert fp32["windows"] == len(chunks)
@@ -136,6 +137,10 @@ def test_accuracy_scores_the_shipped_text_and_answers_every_question(real_run):
     assert len(results["answers"]["fp32"]) == len(results["questions"]) == len(accuracy.chat_questions())
     for name, agreement in results["greedy_agreement"].items():
         assert agreement["sequences"] == len(results["questions"]), name
+    if "llama.cpp" not in results["skipped"]:  # llama.cpp's perplexity on each system's own file, for reference
+        assert "fp32" in results["llama_cpp_perplexity"]
+        for name, ppl in results["llama_cpp_perplexity"].items():
+            assert ppl["tokens_scored"] == fp32["tokens_scored"] and ppl["perplexity"] > 1, name
 
 
 def test_plots_written_or_skipped_with_a_reason(real_run):
@@ -160,13 +165,10 @@ def tiny_llm(tmp_path_factory):
     return checkpoint, LLM(model=str(root / "compiled"))
 
 
-def test_perplexity_equals_a_direct_computation_from_hf_logits(tiny_llm):
+def hf_perplexity(checkpoint, token_ids: list[int], window: int) -> tuple[float, int]:
+    """Perplexity computed directly from HF transformers' logits, window by window; and the tokens scored."""
     import transformers
 
-    checkpoint, llm = tiny_llm
-    token_ids = llm.get_tokenizer()(accuracy.load_text()[:2000])["input_ids"]
-    window = 63
-    ours = accuracy.perplexity(llm, token_ids, window)
     reference = transformers.AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32).eval()
     nll, scored = 0.0, 0
     with torch.no_grad():
@@ -175,8 +177,29 @@ def test_perplexity_equals_a_direct_computation_from_hf_logits(tiny_llm):
             targets = torch.tensor(chunk[1:])
             nll -= float(logprobs[:-1].gather(1, targets[:, None]).sum())
             scored += len(chunk) - 1
+    return math.exp(nll / scored), scored
+
+
+def test_perplexity_equals_a_direct_computation_from_hf_logits(tiny_llm):
+    checkpoint, llm = tiny_llm
+    token_ids = llm.get_tokenizer()(accuracy.load_text()[:2000])["input_ids"]
+    ours = accuracy.perplexity(llm, token_ids, 63)
+    expected, scored = hf_perplexity(checkpoint, token_ids, 63)
     assert ours["tokens_scored"] == scored == len(token_ids) - ours["windows"]
-    assert ours["perplexity"] == pytest.approx(math.exp(nll / scored), rel=1e-4)
+    assert ours["perplexity"] == pytest.approx(expected, rel=1e-4)
+
+
+def test_llama_cpp_perplexity_equals_hf_on_an_f32_file(tiny_llm, tmp_path):
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (pip install -e '.[bench]')")
+    from bucketserve.checkpoints.gguf_writer import write_gguf
+
+    checkpoint, llm = tiny_llm
+    token_ids = llm.get_tokenizer()(accuracy.load_text()[:2000])["input_ids"]
+    path = write_gguf(checkpoint, tmp_path / "tiny.f32.gguf", "F32")
+    theirs = accuracy.llama_cpp_perplexity(path, token_ids, 63, threads=2)
+    expected, scored = hf_perplexity(checkpoint, token_ids, 63)
+    assert theirs["tokens_scored"] == scored
+    assert theirs["perplexity"] == pytest.approx(expected, rel=1e-3)  # llama.cpp's own fp32 kernels
 
 
 def test_windows_cover_every_token_once():

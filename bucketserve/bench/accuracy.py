@@ -64,3 +64,25 @@ def agreement(reference: list[list[int]], other: list[list[int]]) -> dict:
         identical += list(ours) == list(theirs)
     return {"sequences": len(fractions), "identical": identical,
             "mean_prefix_fraction": sum(fractions) / len(fractions) if fractions else None}
+
+
+def llama_cpp_perplexity(gguf_file, token_ids: list[int], window: int, threads: int) -> dict:
+    """The same perplexity from llama.cpp's logits on a GGUF file (the reference for a file's own loss: a Q4_0
+    file requantized from Q4_1 loses what it loses in any engine). Raises ImportError without llama-cpp-python."""
+    import numpy as np
+    from llama_cpp import Llama
+
+    llm = Llama(model_path=str(gguf_file), n_ctx=window + 1, n_batch=min(512, window), n_threads=threads,
+                n_threads_batch=threads, logits_all=True, verbose=False)
+    nll, scored, chunks = 0.0, 0, windows(token_ids, window)
+    try:
+        for chunk in chunks:
+            llm.reset()
+            llm.eval(chunk)
+            logits = np.asarray(llm.scores[: len(chunk) - 1], dtype=np.float64)  # row i predicts token i + 1
+            logprobs = logits - np.logaddexp.reduce(logits, axis=1, keepdims=True)
+            nll -= float(logprobs[np.arange(len(chunk) - 1), chunk[1:]].sum())
+            scored += len(chunk) - 1
+    finally:
+        llm.close()
+    return {"perplexity": math.exp(nll / scored), "mean_nll": nll / scored, "tokens_scored": scored, "windows": len(chunks)}

@@ -23,6 +23,7 @@ from .workload import load_tokenizer
 
 RESULTS_FILE, ACCURACY_FILE = "bench.json", "accuracy.json"
 PARTIAL_FILE = "bench.partial.json"
+QUICK_TEXT_WINDOWS = 8  # --quick scores this many windows of the text
 LLAMA_CPP_MISSING = "llama-cpp-python is not installed ({}); pip install -c constraints.txt -e '.[bench]' (it builds llama.cpp)"
 
 
@@ -174,7 +175,11 @@ class RealBench:
         questions = accuracy.chat_questions()
         prompts = [chat_prompt_ids(tokenizer, q) for q in questions]
         window = options.max_seq_len - 1  # a window and the one token generated after it fill the context
-        results.update(text={"file": accuracy.TEXT_FILE, "characters": len(text), "tokens": len(text_ids), "window_tokens": window},
+        text_tokens = len(text_ids)
+        if options.quick:  # a tiny vocabulary cuts the text into many short windows: a few check the pipeline
+            text_ids = text_ids[:QUICK_TEXT_WINDOWS * window]
+        results.update(text={"file": accuracy.TEXT_FILE, "characters": len(text), "text_tokens": text_tokens,
+                             "tokens": len(text_ids), "window_tokens": window},
                        questions=questions, perplexity={}, answers={})
         for system, directory in directories.items():
             self.log(f"perplexity and greedy answers: {system.name}")
@@ -185,10 +190,29 @@ class RealBench:
             results["answers"][system.quantization or "fp32"] = accuracy.greedy_answers(llm, prompts, options.new_tokens)
             del llm
             gc.collect()
+        results["llama_cpp_perplexity"] = self._llama_cpp_perplexity(results, text_ids, window)
         results["greedy_agreement"] = {name: accuracy.agreement(results["answers"]["fp32"], answers)
                                        for name, answers in results["answers"].items() if name != "fp32"}
         results["targets"] = targets.judge_accuracy(results)
         return results
+
+
+    def _llama_cpp_perplexity(self, results: dict, text_ids: list[int], window: int) -> dict:
+        """llama.cpp's perplexity on each system's own file (the model file for fp32), as a reference."""
+        if "llama.cpp" not in self.options.peers:
+            results["skipped"]["llama.cpp"] = "left out by --skip llama.cpp"
+            return {}
+        perplexities = {}
+        for quantization in (None, *FILE_TYPE):
+            path = source_file(self.options, self.model_file, quantization)
+            self.log(f"llama.cpp perplexity: {path.name}")
+            try:
+                perplexities[quantization or "fp32"] = {"file": path.name, **accuracy.llama_cpp_perplexity(
+                    path, text_ids, window, self.options.threads)}
+            except ImportError as err:
+                results["skipped"]["llama.cpp"] = LLAMA_CPP_MISSING.format(err)
+                break
+        return perplexities
 
 
 def peer_agreement(results: dict) -> dict:

@@ -60,10 +60,13 @@ def format_speed(results: dict) -> str:
 
 def format_accuracy(results: dict) -> str:
     text = results["text"]
-    lines = _header(results) + [f"perplexity on {text['file']} ({text['tokens']} tokens, windows of {text['window_tokens']})"]
+    lines = _header(results) + [f"perplexity on {text['file']} ({text['tokens']} of its {text['text_tokens']} tokens, "
+                                f"windows of {text['window_tokens']})"]
     for name, ppl in results["perplexity"].items():
         agreement = results["greedy_agreement"].get(name)
         same = "" if agreement is None else (f"   greedy answers identical to fp32's: {agreement['identical']}/{agreement['sequences']}"
                                              f" (prefix fraction {agreement['mean_prefix_fraction']:.2f})")
-        lines.append(f"   {name:5s} {ppl['perplexity']:9.3f}{same}")
+        peer = results.get("llama_cpp_perplexity", {}).get(name)
+        peer = "" if peer is None else f"   llama.cpp on {peer['file']}: {peer['perplexity']:.3f}"
+        lines.append(f"   {name:5s} {ppl['perplexity']:9.3f}{peer}{same}")
     return "\n".join(lines + _targets(results))

@@ -209,5 +209,10 @@ def judge_accuracy(results: dict) -> dict:
         ratio = perplexity[quantization]["perplexity"] / perplexity["fp32"]["perplexity"]
         detail = {"perplexity": perplexity[quantization]["perplexity"], "fp32 perplexity": perplexity["fp32"]["perplexity"],
                   "greedy agreement with fp32": results["greedy_agreement"].get(quantization)}
+        reference = results.get("llama_cpp_perplexity", {})
+        if quantization in reference and "fp32" in reference:  # the same files' loss in llama.cpp
+            detail["llama.cpp on the same files"] = {"perplexity": reference[quantization]["perplexity"],
+                                                      "ratio to its fp32 file": reference[quantization]["perplexity"]
+                                                      / reference["fp32"]["perplexity"]}
         judged[f"ppl {quantization}"] = _target(text, ratio <= limit, ratio, limit, detail)
     return judged
