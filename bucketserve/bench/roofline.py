@@ -1,6 +1,7 @@
 """The floor under a decode step: the bytes it must read, over this machine's memory read bandwidth.
 
-A decode step reads every weight once (the tied embedding too, as the lm_head) and, at full context,
+A decode step reads every weight once (the tied embedding too, as the lm_head; a quantized weight as the bytes
+it is stored in: packed values, scales and mins) and, at full context,
 each row's keys and values for every earlier position in every layer. Nothing faster than reading those
 bytes once is possible, so step time / floor says how far the graph is from the memory bound.
 """
@@ -58,18 +59,20 @@ def _readers(buffer: torch.Tensor) -> dict:
 
 
 def weight_bytes_per_step(model, batch: int) -> int:
-    """Weights one decode step reads: every parameter once; an untied embedding only for its `batch` rows."""
+    """Weights one decode step reads: every stored tensor once (a quantized projection's packed values, scales
+    and mins alike: whatever the model holds in its state dict, in the dtype it holds it); an untied embedding
+    only for its `batch` rows. Buffers left out of the state dict (the rotary table) are not weights."""
     seen, total = set(), 0
-    embedding = model.runner.model.model.embed_tokens.weight
     tied = model.model_config.tie_word_embeddings
-    for param in model.runner.model.parameters():
-        if id(param) in seen:
+    vocab = model.model_config.vocab_size
+    for name, tensor in model.runner.model.state_dict(keep_vars=True).items():
+        if id(tensor) in seen:
             continue
-        seen.add(id(param))
-        if param is embedding and not tied:
-            total += batch * param.shape[1] * param.element_size()
-        else:
-            total += param.numel() * param.element_size()
+        seen.add(id(tensor))
+        nbytes = tensor.numel() * tensor.element_size()
+        if name.startswith("model.embed_tokens.") and not tied:
+            nbytes = nbytes * min(batch, vocab) // vocab  # a lookup reads `batch` rows, whatever their encoding
+        total += nbytes
     return total
 
 

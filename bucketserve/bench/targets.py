@@ -1,5 +1,6 @@
-"""The issue's targets T1-T6 (and T11-T12, from prefix_scenarios), judged from one run's results: each met (True), not met (False) or not
-measured (None, with the reason)."""
+"""The targets, judged from one run's results: each met (True), not met (False) or not measured (None, with the
+reason). T1-T6 and T11-T12 (from prefix_scenarios) for `bucketserve bench`, T7-T10 and the fp32 ratios for --real,
+perplexity for --accuracy."""
 from __future__ import annotations
 
 from . import prefix_scenarios
@@ -96,3 +97,124 @@ def _t6(results: dict) -> dict:
     if not memory or "ratio" not in memory:
         return _not_measured(text, (memory or {}).get("error", "not measured"))
     return _target(text, memory["ratio"] <= 1.3, memory["ratio"], 1.3, memory)
+
+
+# The real-model mode (bench --real, --accuracy): issue 24's targets T7-T10, the quantized systems' time against
+# fp32 at batch 1, and their perplexity against fp32's. -------------------------------------------------------
+REAL_BITS = {"int8": "Q8_0", "int4": "Q4_0"}  # bucketserve's quantization -> the file llama.cpp runs at its bits
+T7_MIN, T8_MIN, T9_MAX, T10_MAX = 1.3, 4.0, 1.3, 0.7
+FP32_MAX = {"int4": 0.4, "int8": 0.55}
+PPL_MAX = {"int8": 1.01, "int4": 1.05}
+
+
+def judge_real(results: dict) -> dict:
+    judged = {"T7": _versus_llama_cpp(results, "batch_1", T7_MIN, "T7 batch 1, one chat prompt, {n} greedy tokens: "
+                                      "bucketserve tokens/s >= 1.3x llama.cpp's at the same bits (int8 vs Q8_0, int4 vs Q4_0)"),
+              "T8": _versus_llama_cpp(results, "concurrent_8", T8_MIN, "T8 8 concurrent requests, {n} greedy tokens each: "
+                                      "bucketserve aggregate tokens/s >= 4x llama.cpp's (one Llama object, the requests one "
+                                      "after another)"),
+              "T9": _t9(results), "T10": _t10(results)}
+    for quantization, limit in FP32_MAX.items():
+        judged[f"{quantization}/fp32"] = _versus_fp32(results, quantization, limit)
+    return judged
+
+
+def _why(reason: str) -> dict:
+    return {"reason": reason}
+
+
+def _missing(results: dict, names) -> str:
+    """Why these systems have no figure; the reasons themselves are in results["skipped"], said once."""
+    skipped = results["skipped"]
+    return ", ".join(f"{n} {'skipped (see skipped)' if n in skipped or n.startswith('llama.cpp') and 'llama.cpp' in skipped else 'not run'}"
+                     for n in names)
+
+
+def _decoder_one(results: dict, system: str) -> dict:
+    step = results["step_latency"].get(system, {}).get("1")
+    if not step:
+        return {}
+    return {"decoder 1 step ms (full context)": step["median_seconds"] * 1e3, "its floor ms": step["floor_seconds"] * 1e3,
+            "weights-only floor ms": step["weight_bytes"] / results["memory_bandwidth"]["bytes_per_second"] * 1e3}
+
+
+def _versus_llama_cpp(results: dict, scenario: str, minimum: float, text: str) -> dict:
+    text = text.format(n=results["options"]["new_tokens"])
+    runs, detail, ratios = results[scenario], {}, []
+    for quantization, file_type in REAL_BITS.items():
+        ours, peer = f"{quantization} [8, 4, 1]", f"llama.cpp {file_type}"
+        missing = [name for name in (ours, peer) if name not in runs]
+        if missing:
+            detail[quantization] = {"not measured": _missing(results, missing)}
+            continue
+        ratio = runs[ours]["output_tokens_per_second"] / runs[peer]["output_tokens_per_second"]
+        ratios.append(ratio)
+        per_token = runs[ours]["median_seconds"] / max(1, runs[ours]["output_tokens"])
+        detail[quantization] = {"ratio": ratio, "bucketserve tok/s": runs[ours]["output_tokens_per_second"],
+                                "llama.cpp tok/s": runs[peer]["output_tokens_per_second"],
+                                "bucketserve ms per output token (prefill included)": per_token * 1e3,
+                                **_decoder_one(results, ours)}
+    if not ratios:
+        return _target(text, None, None, minimum, detail)
+    met = min(ratios) >= minimum if len(ratios) == len(REAL_BITS) else (None if min(ratios) >= minimum else False)
+    return _target(text, met, min(ratios), minimum, detail)
+
+
+def _t9(results: dict) -> dict:
+    text = "T9 every quantized decoder step (full context) <= 1.3x its memory-bandwidth floor (packed weights, scales, mins and KV read)"
+    detail = {}
+    for system, steps in results["step_latency"].items():
+        if system.startswith("fp32"):
+            continue
+        for batch, step in steps.items():
+            detail[f"{system} decoder {batch}"] = {"ratio": step["ratio_to_floor"], "step ms": step["median_seconds"] * 1e3,
+                                                   "floor ms": step["floor_seconds"] * 1e3, "weight MB": step["weight_bytes"] / 1e6,
+                                                   "KV MB": step["kv_bytes"] / 1e6}
+    if not detail:
+        return _target(text, None, None, T9_MAX, _why("no quantized system ran: " + _missing(results, ("int8 [8, 4, 1]", "int4 [8, 4, 1]", "int4 [8]"))))
+    worst = max(d["ratio"] for d in detail.values())
+    return _target(text, worst <= T9_MAX, worst, T9_MAX, detail)
+
+
+def _t10(results: dict) -> dict:
+    text = "T10 the seed's request groups (1, 4, 8 chats) under int4 take <= 0.7x the time with [8, 4, 1] as with [8] alone"
+    runs = results["seed_groups"]
+    buckets, single = runs.get("int4 [8, 4, 1]"), runs.get("int4 [8]")
+    if not buckets or not single:
+        return _target(text, None, None, T10_MAX, _why(_missing(results, [n for n in ("int4 [8, 4, 1]", "int4 [8]") if n not in runs])))
+    ratio = buckets["median_seconds"] / single["median_seconds"]
+    detail = {f"group of {size}": {"ratio": buckets["groups"][size]["seconds"] / single["groups"][size]["seconds"],
+                                   "[8, 4, 1] steps per decoder": buckets["groups"][size]["decode_steps_per_decoder"],
+                                   "[8] steps": single["groups"][size]["decode_steps_per_decoder"]}
+              for size in buckets["groups"]}
+    return _target(text, ratio <= T10_MAX, ratio, T10_MAX, detail)
+
+
+def _versus_fp32(results: dict, quantization: str, limit: float) -> dict:
+    text = f"{quantization} takes <= {limit}x the time of fp32 at batch 1 ({results['options']['new_tokens']} greedy tokens)"
+    runs, ours, fp32 = results["batch_1"], f"{quantization} [8, 4, 1]", "fp32 [8, 4, 1]"
+    if ours not in runs or fp32 not in runs:
+        return _target(text, None, None, limit, _why(_missing(results, [n for n in (ours, fp32) if n not in runs])))
+    ratio = runs[ours]["median_seconds"] / runs[fp32]["median_seconds"]
+    detail = {"seconds": {ours: runs[ours]["median_seconds"], fp32: runs[fp32]["median_seconds"]},
+              ours: _decoder_one(results, ours), fp32: _decoder_one(results, fp32)}
+    return _target(text, ratio <= limit, ratio, limit, detail)
+
+
+def judge_accuracy(results: dict) -> dict:
+    judged, perplexity = {}, results["perplexity"]
+    for quantization, limit in PPL_MAX.items():
+        text = f"{quantization} perplexity on the fixed text within {round((limit - 1) * 100)}% of fp32's"
+        if quantization not in perplexity or "fp32" not in perplexity:
+            judged[f"ppl {quantization}"] = _target(text, None, None, limit, _why(_missing(results, [f"{quantization} [8, 4, 1]"])))
+            continue
+        ratio = perplexity[quantization]["perplexity"] / perplexity["fp32"]["perplexity"]
+        detail = {"perplexity": perplexity[quantization]["perplexity"], "fp32 perplexity": perplexity["fp32"]["perplexity"],
+                  "greedy agreement with fp32": results["greedy_agreement"].get(quantization)}
+        reference = results.get("llama_cpp_perplexity", {})
+        if quantization in reference and "fp32" in reference:  # the same files' loss in llama.cpp
+            detail["llama.cpp on the same files"] = {"perplexity": reference[quantization]["perplexity"],
+                                                      "ratio to its fp32 file": reference[quantization]["perplexity"]
+                                                      / reference["fp32"]["perplexity"]}
+        judged[f"ppl {quantization}"] = _target(text, ratio <= limit, ratio, limit, detail)
+    return judged

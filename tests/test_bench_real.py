@@ -1,0 +1,261 @@
+"""`bucketserve bench --real --accuracy --quick`: the real-model mode's pipeline on a tiny random model written as
+GGUF (run uncompiled: the pipeline, not the graphs, is under test here), the llama.cpp peer run or skipped with
+its reason, perplexity checked against HF transformers' logits, and bad options refused. Never a timing."""
+from __future__ import annotations
+
+import json
+import math
+import sys
+
+import pytest
+import torch
+
+from bucketserve.bench import accuracy
+from bucketserve.bench.options import build_options
+from bucketserve.entrypoints.cli import build_parser
+
+SPEED_TARGETS = ("T7", "T8", "T9", "T10", "int4/fp32", "int8/fp32")
+ACCURACY_TARGETS = ("ppl int8", "ppl int4")
+SYSTEMS = ("fp32 [8, 4, 1]", "int8 [8, 4, 1]", "int4 [8, 4, 1]", "int4 [8]")
+
+
+def parse(*argv):
+    return build_parser().parse_args(["bench", *argv])
+
+
+@pytest.fixture(scope="module")
+def real_run(tmp_path_factory):
+    """One `bucketserve bench --real --accuracy --quick` for the module, through the CLI's own parser."""
+    root = tmp_path_factory.mktemp("bench-real")
+    args = parse("--real", "--accuracy", "--quick", "--cache-dir", str(root / "cache"), "--out-dir", str(root / "out"))
+    returned = args.func(args)
+    speed = json.loads((root / "out" / "bench.json").read_text())
+    accuracy_results = json.loads((root / "out" / "accuracy.json").read_text())
+    return returned, speed, accuracy_results, root
+
+
+def test_both_files_are_written_and_returned(real_run):
+    returned, speed, accuracy_results, root = real_run
+    assert returned["real"]["targets"].keys() == speed["targets"].keys()
+    assert returned["accuracy"]["targets"].keys() == accuracy_results["targets"].keys()
+    assert speed["mode"] == "real" and accuracy_results["mode"] == "accuracy"
+    assert speed["options"]["compiler"] == "eager"  # --quick runs the model code uncompiled
+    assert speed["model"]["file"].endswith(".gguf") and speed["model"]["bytes"] > 0
+    assert set(speed["model"]["files"]) == {"int8", "int4"}  # the Q8_0 and Q4_0 files llama.cpp reads too
+    assert not (root / "out" / "bench.partial.json").exists()
+
+
+def test_every_system_ran_or_says_why_not(real_run):
+    _, speed, _, _ = real_run
+    for name in SYSTEMS:
+        assert (name in speed["systems"]) != (name in speed["skipped"]), name
+        if name in speed["skipped"]:
+            assert name != "fp32 [8, 4, 1]" and speed["skipped"][name]
+    fp32 = speed["systems"]["fp32 [8, 4, 1]"]
+    assert fp32["quantization"] is None and fp32["decoder_batch_sizes"] == [8, 4, 1]
+    assert fp32["weight_bytes"] > 0 and fp32["kv_cache_bytes"] > 0
+
+
+def test_step_latency_has_a_floor_for_every_decoder(real_run):
+    _, speed, _, _ = real_run
+    for name, info in speed["systems"].items():
+        steps = speed["step_latency"][name]
+        assert sorted(map(int, steps)) == sorted(info["decoder_batch_sizes"])
+        for step in steps.values():
+            assert step["context_len"] == speed["options"]["max_seq_len"]
+            for field in ("median_seconds", "floor_seconds", "ratio_to_floor", "weight_bytes", "kv_bytes"):
+                assert step[field] > 0, field
+
+
+def test_interleaved_scenarios_count_every_token(real_run):
+    _, speed, _, _ = real_run
+    new_tokens, repeats = speed["options"]["new_tokens"], speed["options"]["repeats"]
+    for scenario, requests in (("batch_1", 1), ("concurrent_8", 8)):
+        runs = speed[scenario]
+        assert "fp32 [8, 4, 1]" in runs
+        for name, run in runs.items():
+            assert run["requests"] == requests and run["output_tokens"] == requests * new_tokens, (scenario, name)
+            assert len(run["runs_seconds"]) == repeats and run["median_seconds"] > 0
+    # bucketserve runs one request on the 1-decoder; 8 at once on the 8-decoder once all are prefilled (the
+    # prompts are prefilled one by one between decode steps, so the first steps run on smaller decoders).
+    assert speed["batch_1"]["fp32 [8, 4, 1]"]["decode_steps_per_decoder"] == {"8": 0, "4": 0, "1": new_tokens - 1}
+    assert speed["concurrent_8"]["fp32 [8, 4, 1]"]["decode_steps_per_decoder"]["8"] > 0
+
+
+def test_llama_cpp_runs_on_the_same_files_or_says_why_not(real_run):
+    _, speed, _, _ = real_run
+    for quantization, file_type in (("int8", "Q8_0"), ("int4", "Q4_0")):
+        peer = f"llama.cpp {file_type}"
+        if "llama.cpp" in speed["skipped"]:
+            assert peer not in speed["batch_1"]
+            continue
+        assert speed["model"]["files"][quantization].endswith(f".{file_type}.gguf")
+        for scenario in ("batch_1", "concurrent_8"):
+            assert speed[scenario][peer]["output_tokens"] == speed[scenario][peer]["requests"] * speed["options"]["new_tokens"]
+
+
+def test_llama_cpp_missing_is_a_reason_not_a_failure(real_run, monkeypatch):
+    from bucketserve.bench.real_main import RealBench
+
+    _, _, _, root = real_run
+    monkeypatch.setitem(sys.modules, "llama_cpp", None)  # import llama_cpp now raises ImportError
+    options = build_options(parse("--real", "--quick", "--cache-dir", str(root / "cache")))
+    results = {"skipped": {}}
+    assert RealBench(options)._llama_cpp_peers(results, ["int8", "int4"]) == {}
+    assert "llama-cpp-python is not installed" in results["skipped"]["llama.cpp"]
+    assert "pip install" in results["skipped"]["llama.cpp"]
+
+
+def test_every_target_is_judged_with_its_limit(real_run):
+    _, speed, accuracy_results, _ = real_run
+    assert tuple(speed["targets"]) == SPEED_TARGETS
+    assert tuple(accuracy_results["targets"]) == ACCURACY_TARGETS
+    limits = {"T7": 1.3, "T8": 4.0, "T9": 1.3, "T10": 0.7, "int4/fp32": 0.4, "int8/fp32": 0.55, "ppl int8": 1.01, "ppl int4": 1.05}
+    for name, target in {**speed["targets"], **accuracy_results["targets"]}.items():
+        assert target["met"] in (True, False, None), name
+        assert target["limit"] == limits[name], name
+        if target["met"] is None:  # not measured: the detail says why
+            assert target["detail"], name
+        else:
+            assert target["value"] is not None, name
+    quantized_ran = "int8 [8, 4, 1]" in speed["systems"]
+    assert (speed["targets"]["int8/fp32"]["met"] is not None) == quantized_ran
+    assert (accuracy_results["targets"]["ppl int8"]["met"] is not None) == quantized_ran
+
+
+def test_accuracy_scores_the_shipped_text_and_answers_every_question(real_run):
+    _, _, results, _ = real_run
+    text = results["text"]
+    assert text["characters"] == len(accuracy.load_text()) > 10_000
+    assert text["window_tokens"] == results["options"]["max_seq_len"] - 1
+    assert text["tokens"] == min(text["text_tokens"], 8 * text["window_tokens"])  # --quick scores 8 windows
+    fp32 = results["perplexity"]["fp32"]
+    chunks = accuracy.windows(list(range(text["tokens"])), text["window_tokens"])
+    assert fp32["windows"] == len(chunks)
+    assert fp32["tokens_scored"] == sum(len(c) - 1 for c in chunks)  # every token but each window's first
+    assert 1 < fp32["perplexity"] < float("inf")
+    assert len(results["answers"]["fp32"]) == len(results["questions"]) == len(accuracy.chat_questions())
+    for name, agreement in results["greedy_agreement"].items():
+        assert agreement["sequences"] == len(results["questions"]), name
+    if "llama.cpp" not in results["skipped"]:  # llama.cpp's perplexity on each system's own file, for reference
+        assert "fp32" in results["llama_cpp_perplexity"]
+        for name, ppl in results["llama_cpp_perplexity"].items():
+            assert ppl["tokens_scored"] == fp32["tokens_scored"] and ppl["perplexity"] > 1, name
+
+
+def test_plots_written_or_skipped_with_a_reason(real_run):
+    _, speed, _, _ = real_run
+    if "plots" in speed["skipped"]:
+        assert "matplotlib" in speed["skipped"]["plots"]
+    else:
+        assert sorted(p.rsplit("/", 1)[-1] for p in speed["plots"]) == ["real_step_time_vs_floor.png", "real_vs_llama_cpp.png"]
+
+
+@pytest.fixture(scope="module")
+def tiny_llm(tmp_path_factory):
+    """A tiny random checkpoint and an LLM over its uncompiled build (max_seq_len 64)."""
+    from bucketserve import LLM, AutoModelForCausalLM
+    from bucketserve.demo.checkpoint import build_random_checkpoint
+
+    root = tmp_path_factory.mktemp("ppl")
+    checkpoint = build_random_checkpoint(root / "checkpoint", shape="tiny", seed=3)
+    model = AutoModelForCausalLM.from_pretrained(checkpoint, export=True, batch_size=4, max_seq_len=64,
+                                                 decoder_batch_sizes=[4, 1], prefill_chunk_size=16, compiler="eager")
+    model.save_pretrained(root / "compiled")
+    return checkpoint, LLM(model=str(root / "compiled"))
+
+
+def hf_perplexity(checkpoint, token_ids: list[int], window: int) -> tuple[float, int]:
+    """Perplexity computed directly from HF transformers' logits, window by window; and the tokens scored."""
+    import transformers
+
+    reference = transformers.AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32).eval()
+    nll, scored = 0.0, 0
+    with torch.no_grad():
+        for chunk in accuracy.windows(token_ids, window):
+            logprobs = torch.log_softmax(reference(torch.tensor([chunk])).logits[0].double(), dim=-1)
+            targets = torch.tensor(chunk[1:])
+            nll -= float(logprobs[:-1].gather(1, targets[:, None]).sum())
+            scored += len(chunk) - 1
+    return math.exp(nll / scored), scored
+
+
+def test_perplexity_equals_a_direct_computation_from_hf_logits(tiny_llm):
+    checkpoint, llm = tiny_llm
+    token_ids = llm.get_tokenizer()(accuracy.load_text()[:2000])["input_ids"]
+    ours = accuracy.perplexity(llm, token_ids, 63)
+    expected, scored = hf_perplexity(checkpoint, token_ids, 63)
+    assert ours["tokens_scored"] == scored == len(token_ids) - ours["windows"]
+    assert ours["perplexity"] == pytest.approx(expected, rel=1e-4)
+
+
+def test_llama_cpp_perplexity_equals_hf_on_an_f32_file(tiny_llm, tmp_path):
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (pip install -e '.[bench]')")
+    from bucketserve.checkpoints.gguf_writer import write_gguf
+
+    checkpoint, llm = tiny_llm
+    token_ids = llm.get_tokenizer()(accuracy.load_text()[:2000])["input_ids"]
+    path = write_gguf(checkpoint, tmp_path / "tiny.f32.gguf", "F32")
+    theirs = accuracy.llama_cpp_perplexity(path, token_ids, 63, threads=2)
+    expected, scored = hf_perplexity(checkpoint, token_ids, 63)
+    assert theirs["tokens_scored"] == scored
+    assert theirs["perplexity"] == pytest.approx(expected, rel=1e-3)  # llama.cpp's own fp32 kernels
+
+
+def test_windows_cover_every_token_once():
+    ids = list(range(130))
+    chunks = accuracy.windows(ids, 64)
+    assert [len(c) for c in chunks] == [64, 64, 2]
+    assert [t for c in chunks for t in c] == ids
+    assert [len(c) for c in accuracy.windows(list(range(129)), 64)] == [64, 64]  # a lone last token predicts nothing
+    with pytest.raises(ValueError, match="at least 2 tokens, got 1"):
+        accuracy.windows(ids, 1)
+
+
+def test_agreement_counts_identical_sequences_and_common_prefixes():
+    result = accuracy.agreement([[1, 2, 3, 4], [5, 6]], [[1, 2, 9, 4], [5, 6]])
+    assert result == {"sequences": 2, "identical": 1, "mean_prefix_fraction": (0.5 + 1.0) / 2}
+
+
+def test_weight_bytes_count_whatever_the_model_stores(tiny_llm):
+    """A quantized projection's packed values, scales and mins are read every step: a tensor the model stores
+    (a persistent buffer) counts in the floor; the rotary table (not stored) does not."""
+    from bucketserve.bench.roofline import weight_bytes_per_step
+
+    _, llm = tiny_llm
+    model = llm.model
+    plain = weight_bytes_per_step(model, 1)
+    embedding = model.runner.model.model.embed_tokens.weight
+    untied_rows_not_read = 0 if model.model_config.tie_word_embeddings else (embedding.shape[0] - 1) * embedding.shape[1] * 4
+    assert plain == sum(p.numel() * p.element_size() for p in model.runner.model.parameters()) - untied_rows_not_read
+    layer = model.runner.model.model.layers[0].mlp
+    layer.register_buffer("test_qweight", torch.zeros(1000, dtype=torch.int8))
+    layer.register_buffer("test_scratch", torch.zeros(1000, dtype=torch.float32), persistent=False)
+    try:
+        assert weight_bytes_per_step(model, 1) == plain + 1000
+    finally:
+        del layer.test_qweight, layer.test_scratch
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--gguf-file", "x.gguf"], "--gguf-file x.gguf is an option of the real-model mode; add --real"),
+    (["--repeats", "2"], "--repeats 2 is an option of the real-model mode"),
+    (["--real", "--shape", "tiny"], "--shape tiny picks a random model's shape"),
+    (["--real", "--gguf-file", "/nonexistent/model.gguf"], "--gguf-file /nonexistent/model.gguf is not a file"),
+    (["--accuracy", "--quick", "--gguf-file", __file__], "--quick with --real writes its own tiny GGUF model"),
+    (["--real", "--repeats", "0"], "--repeats must be >= 1, got 0"),
+    (["--real", "--tp-sizes", "2"], "--tp-sizes is an option of the random-model bench"),
+    (["--accuracy", "--prompt-len", "8"], "--prompt-len is an option of the random-model bench"),
+])
+def test_bad_real_mode_options_are_refused_before_anything_runs(argv, message):
+    with pytest.raises(ValueError, match=message.replace(".", r"\.")):
+        build_options(parse(*argv))
+
+
+def test_real_mode_defaults_and_quick_defaults():
+    real = build_options(parse("--real"))
+    assert (real.real, real.accuracy, real.compiler, real.new_tokens, real.repeats) == (True, False, "aoti", 128, 3)
+    assert str(real.out_dir) == "bench-results/real"  # apart from the random bench's bench.json
+    quick = build_options(parse("--accuracy", "--quick", "--repeats", "2"))
+    assert (quick.accuracy, quick.compiler, quick.repeats) == (True, "eager", 2)  # explicit flags win over --quick's
+    assert build_options(parse("--quick")).real is False
