@@ -53,3 +53,26 @@ def qwen3_checkpoint(tmp_path_factory):
 def qwen3_compiled(qwen3_checkpoint):
     """qwen3_checkpoint compiled with AOTInductor (QWEN3_COMPILE): the in-memory model, before any save."""
     return AutoModelForCausalLM.from_pretrained(qwen3_checkpoint, export=True, **QWEN3_COMPILE)
+
+
+# The tensor-parallel tests' model (tests/test_tensor_parallel.py, tests/test_torchrun.py): eager, so that the
+# ranks' processes start in seconds; TP=2 and its single-process reference.
+TP_COMPILE = dict(batch_size=4, max_seq_len=128, decoder_batch_sizes=[4, 1], kvcache_block_size=32, prefill_chunk_size=16,
+                  compiler="eager")
+
+
+def compile_tp(checkpoint, out, **options):
+    model = AutoModelForCausalLM.from_pretrained(checkpoint, export=True, **TP_COMPILE, **options)
+    model.save_pretrained(out)
+    model.close()
+    return out
+
+
+@pytest.fixture(scope="session")
+def tp2_eager_dir(tiny_checkpoint, tmp_path_factory):
+    return compile_tp(tiny_checkpoint, tmp_path_factory.mktemp("tp2-eager"), tensor_parallel_size=2)
+
+
+@pytest.fixture(scope="session")
+def tp1_eager_dir(tiny_checkpoint, tmp_path_factory):
+    return compile_tp(tiny_checkpoint, tmp_path_factory.mktemp("tp1-eager"))

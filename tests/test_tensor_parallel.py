@@ -19,32 +19,14 @@ import pytest
 from bucketserve import LLM, AutoModelForCausalLM, SamplingParams
 from bucketserve.runtime.tp_runner import TensorParallelError
 
-TP_COMPILE = dict(batch_size=4, max_seq_len=128, decoder_batch_sizes=[4, 1], kvcache_block_size=32, prefill_chunk_size=16)
 GREEDY = SamplingParams(temperature=0.0, max_tokens=16, ignore_eos=True)
 PROMPTS = ["The river ran", "Stars at night", "Bread and salt", "A glass of water"]
 
 
-def compile_to(checkpoint, out, **options):
-    model = AutoModelForCausalLM.from_pretrained(checkpoint, export=True, **TP_COMPILE, **options)
-    model.save_pretrained(out)
-    model.close()
-    return out
-
-
-@pytest.fixture(scope="module")
-def tp2_eager(tiny_checkpoint, tmp_path_factory):
-    return compile_to(tiny_checkpoint, tmp_path_factory.mktemp("tp2-eager"), tensor_parallel_size=2, compiler="eager")
-
-
-@pytest.fixture(scope="module")
-def tp1_reference(tiny_checkpoint, tmp_path_factory):
-    return compile_to(tiny_checkpoint, tmp_path_factory.mktemp("tp1-eager"), compiler="eager")
-
-
-def test_tp2_greedy_tokens_equal_tp1_in_every_bucket(tp2_eager, tp1_reference):
-    assert sorted(p.name for p in tp2_eager.iterdir() if p.name.startswith("rank")) == ["rank0", "rank1"]
-    with LLM(model=str(tp2_eager), tensor_parallel_size=2) as tp2:
-        reference = LLM(model=str(tp1_reference))
+def test_tp2_greedy_tokens_equal_tp1_in_every_bucket(tp2_eager_dir, tp1_eager_dir):
+    assert sorted(p.name for p in tp2_eager_dir.iterdir() if p.name.startswith("rank")) == ["rank0", "rank1"]
+    with LLM(model=str(tp2_eager_dir), tensor_parallel_size=2) as tp2:
+        reference = LLM(model=str(tp1_eager_dir))
         for n in (1, 2, 3, 4):  # the 1-decoder, then the 4-decoder with 2, 1 and 0 padding rows
             got = [o.outputs[0].token_ids for o in tp2.generate(PROMPTS[:n], GREEDY, use_tqdm=False)]
             want = [o.outputs[0].token_ids for o in reference.generate(PROMPTS[:n], GREEDY, use_tqdm=False)]
@@ -54,18 +36,18 @@ def test_tp2_greedy_tokens_equal_tp1_in_every_bucket(tp2_eager, tp1_reference):
     assert all(w.exitcode == 0 for w in tp2.model.runner.workers)
 
 
-def test_manifest_records_the_rank_count_and_a_mismatch_is_an_error(tp2_eager):
-    model = AutoModelForCausalLM.from_pretrained(tp2_eager)
+def test_manifest_records_the_rank_count_and_a_mismatch_is_an_error(tp2_eager_dir):
+    model = AutoModelForCausalLM.from_pretrained(tp2_eager_dir)
     try:
         assert model.manifest["compile_config"]["tensor_parallel_size"] == 2
     finally:
         model.close()
     with pytest.raises(ValueError, match="tensor_parallel_size=1 differs from the compiled tensor_parallel_size=2"):
-        LLM(model=str(tp2_eager), tensor_parallel_size=1)
+        LLM(model=str(tp2_eager_dir), tensor_parallel_size=1)
 
 
-def test_killed_worker_fails_the_call_clearly_and_a_new_llm_works(tp2_eager):
-    llm = LLM(model=str(tp2_eager))
+def test_killed_worker_fails_the_call_clearly_and_a_new_llm_works(tp2_eager_dir):
+    llm = LLM(model=str(tp2_eager_dir))
     runner = llm.model.runner
     local_decode = runner.local.decode
     calls = []
@@ -83,23 +65,23 @@ def test_killed_worker_fails_the_call_clearly_and_a_new_llm_works(tp2_eager):
     assert time.monotonic() - started < 30
     with pytest.raises(TensorParallelError):
         llm.generate(PROMPTS[:1], GREEDY, use_tqdm=False)
-    with LLM(model=str(tp2_eager)) as again:
+    with LLM(model=str(tp2_eager_dir)) as again:
         assert len(again.generate(PROMPTS[:1], GREEDY, use_tqdm=False)[0].outputs[0].token_ids) == GREEDY.max_tokens
 
 
-def test_a_second_tensor_parallel_llm_is_refused_and_leaves_the_first_working(tp2_eager):
-    with LLM(model=str(tp2_eager)) as first:
+def test_a_second_tensor_parallel_llm_is_refused_and_leaves_the_first_working(tp2_eager_dir):
+    with LLM(model=str(tp2_eager_dir)) as first:
         before = first.generate(PROMPTS[:2], GREEDY, use_tqdm=False)
         started = time.monotonic()
         with pytest.raises(RuntimeError, match="process group already exists"):
-            LLM(model=str(tp2_eager))
+            LLM(model=str(tp2_eager_dir))
         assert time.monotonic() - started < 5  # refused before any worker started
         after = first.generate(PROMPTS[:2], GREEDY, use_tqdm=False)
         assert [o.outputs[0].token_ids for o in after] == [o.outputs[0].token_ids for o in before]
 
 
-def test_an_interrupted_call_closes_the_model_instead_of_leaving_the_ranks_out_of_step(tp2_eager):
-    llm = LLM(model=str(tp2_eager))
+def test_an_interrupted_call_closes_the_model_instead_of_leaving_the_ranks_out_of_step(tp2_eager_dir):
+    llm = LLM(model=str(tp2_eager_dir))
     runner = llm.model.runner
     workers = list(runner.workers)
 
@@ -112,28 +94,28 @@ def test_an_interrupted_call_closes_the_model_instead_of_leaving_the_ranks_out_o
     assert all(w.process.wait(10) is not None for w in workers)
     with pytest.raises(TensorParallelError, match="closed"):
         llm.generate(PROMPTS[:1], GREEDY, use_tqdm=False)
-    with LLM(model=str(tp2_eager)) as again:
+    with LLM(model=str(tp2_eager_dir)) as again:
         assert len(again.generate(PROMPTS[:1], GREEDY, use_tqdm=False)[0].outputs[0].token_ids) == GREEDY.max_tokens
 
 
-def test_workers_exit_on_close_and_on_garbage_collection(tp2_eager):
-    llm = LLM(model=str(tp2_eager))
+def test_workers_exit_on_close_and_on_garbage_collection(tp2_eager_dir):
+    llm = LLM(model=str(tp2_eager_dir))
     workers = list(llm.model.runner.workers)
     llm.close()
     assert [w.process.wait(10) for w in workers] == [0]
-    llm = LLM(model=str(tp2_eager))
+    llm = LLM(model=str(tp2_eager_dir))
     workers = list(llm.model.runner.workers)
     del llm
     gc.collect()
     assert [w.process.wait(10) for w in workers] == [0]
 
 
-def test_serve_runs_a_tensor_parallel_directory(tp2_eager, tp1_reference, tmp_path):
+def test_serve_runs_a_tensor_parallel_directory(tp2_eager_dir, tp1_eager_dir, tmp_path):
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     log = open(tmp_path / "serve.log", "w")
-    server = subprocess.Popen([sys.executable, "-m", "bucketserve.entrypoints.cli", "serve", str(tp2_eager),
+    server = subprocess.Popen([sys.executable, "-m", "bucketserve.entrypoints.cli", "serve", str(tp2_eager_dir),
                                "--port", str(port)], stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 90
@@ -147,7 +129,7 @@ def test_serve_runs_a_tensor_parallel_directory(tp2_eager, tp1_reference, tmp_pa
                 time.sleep(0.2)
         body = {"prompt": PROMPTS[0], "max_tokens": 8, "temperature": 0, "ignore_eos": True}
         text = httpx.post(f"http://127.0.0.1:{port}/v1/completions", json=body, timeout=60).json()["choices"][0]["text"]
-        expected = LLM(model=str(tp1_reference)).generate(PROMPTS[0], SamplingParams(temperature=0, max_tokens=8, ignore_eos=True), use_tqdm=False)
+        expected = LLM(model=str(tp1_eager_dir)).generate(PROMPTS[0], SamplingParams(temperature=0, max_tokens=8, ignore_eos=True), use_tqdm=False)
         assert text == expected[0].outputs[0].text
     finally:
         server.send_signal(signal.SIGTERM)

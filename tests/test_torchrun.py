@@ -18,9 +18,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from bucketserve import LLM, AutoModelForCausalLM, SamplingParams
+from bucketserve import LLM, SamplingParams
 
-TP_COMPILE = dict(batch_size=4, max_seq_len=128, decoder_batch_sizes=[4, 1], kvcache_block_size=32, prefill_chunk_size=16)
 PROMPTS = ["The river ran", "Stars at night", "Bread and salt"]
 MAX_TOKENS = 12
 RANK_TIMEOUT_S = 10  # BUCKETSERVE_TP_TIMEOUT_S for the ranks started here
@@ -49,23 +48,6 @@ except Exception as err:
 """.replace("MAX_TOKENS", str(MAX_TOKENS)).replace("PROMPTS", repr(PROMPTS))
 
 
-def compile_to(checkpoint, out, **options):
-    model = AutoModelForCausalLM.from_pretrained(checkpoint, export=True, **TP_COMPILE, **options)
-    model.save_pretrained(out)
-    model.close()
-    return out
-
-
-@pytest.fixture(scope="module")
-def tp2_dir(tiny_checkpoint, tmp_path_factory):
-    return compile_to(tiny_checkpoint, tmp_path_factory.mktemp("tp2"), tensor_parallel_size=2, compiler="eager")
-
-
-@pytest.fixture(scope="module")
-def tp1_dir(tiny_checkpoint, tmp_path_factory):
-    return compile_to(tiny_checkpoint, tmp_path_factory.mktemp("tp1"), compiler="eager")
-
-
 def copy_for_host(compiled: Path, target: Path, ranks: list[int]) -> Path:
     """What one host needs: the shared files and its ranks' folders (as README's multi-node section says)."""
     for path in compiled.iterdir():
@@ -79,9 +61,9 @@ def copy_for_host(compiled: Path, target: Path, ranks: list[int]) -> Path:
 
 
 @pytest.fixture(scope="module")
-def host_dirs(tp2_dir, tmp_path_factory):
+def host_dirs(tp2_eager_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("hosts")
-    return [copy_for_host(tp2_dir, root / f"host{node}", [node]) for node in (0, 1)]
+    return [copy_for_host(tp2_eager_dir, root / f"host{node}", [node]) for node in (0, 1)]
 
 
 def free_port() -> int:
@@ -165,13 +147,13 @@ def script(tmp_path):
     return path
 
 
-def reference_tokens(tp1_dir) -> list[list[int]]:
-    llm = LLM(model=str(tp1_dir))
+def reference_tokens(tp1_eager_dir) -> list[list[int]]:
+    llm = LLM(model=str(tp1_eager_dir))
     params = SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS, ignore_eos=True)
     return [o.outputs[0].token_ids for o in llm.generate(PROMPTS, params, use_tqdm=False)]
 
 
-def test_two_hosts_one_rank_each_give_the_greedy_tokens_of_one_process(host_dirs, tp1_dir, script, tmp_path):
+def test_two_hosts_one_rank_each_give_the_greedy_tokens_of_one_process(host_dirs, tp1_eager_dir, script, tmp_path):
     assert not (host_dirs[0] / "rank1").exists() and not (host_dirs[1] / "rank0").exists()
     nodes = TwoNodes(tmp_path, [[str(script), str(host_dirs[node]), str(tmp_path), "once"] for node in (0, 1)])
     try:
@@ -179,7 +161,7 @@ def test_two_hosts_one_rank_each_give_the_greedy_tokens_of_one_process(host_dirs
     finally:
         nodes.close()
     results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
-    want = reference_tokens(tp1_dir)
+    want = reference_tokens(tp1_eager_dir)
     assert results[0]["tokens"] == want
     assert results[1]["tokens"] == want  # every rank returns rank 0's outputs
     assert [r["rank"] for r in results] == [0, 1]
@@ -188,12 +170,12 @@ def test_two_hosts_one_rank_each_give_the_greedy_tokens_of_one_process(host_dirs
     assert results[0]["stats"]["decode_steps_per_decoder"]["4"] > 0
 
 
-def test_two_ranks_on_one_host_give_the_same_tokens(tp2_dir, tp1_dir, script, tmp_path):
+def test_two_ranks_on_one_host_give_the_same_tokens(tp2_eager_dir, tp1_eager_dir, script, tmp_path):
     run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                          str(script), str(tp2_dir), str(tmp_path), "once"],
+                          str(script), str(tp2_eager_dir), str(tmp_path), "once"],
                          env=rank_env(), capture_output=True, text=True, timeout=LAUNCH_TIMEOUT_S)
     assert run.returncode == 0, run.stdout + run.stderr
-    want = reference_tokens(tp1_dir)
+    want = reference_tokens(tp1_eager_dir)
     assert [json.loads((tmp_path / f"rank{r}.json").read_text())["tokens"] for r in (0, 1)] == [want, want]
 
 
@@ -257,10 +239,10 @@ def test_a_host_without_its_shard_fails_on_every_rank_naming_the_file(host_dirs,
     assert errors[0]["error"] == "TensorParallelError" and missing in errors[0]["message"]
 
 
-def test_a_world_size_other_than_the_compiled_one_is_refused_at_start(tp2_dir, script, tmp_path):
+def test_a_world_size_other_than_the_compiled_one_is_refused_at_start(tp2_eager_dir, script, tmp_path):
     started = time.monotonic()
     run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "1",
-                          str(script), str(tp2_dir), str(tmp_path), "once"],
+                          str(script), str(tp2_eager_dir), str(tmp_path), "once"],
                          env=rank_env(), capture_output=True, text=True, timeout=LAUNCH_TIMEOUT_S)
     assert run.returncode != 0
     error = json.loads((tmp_path / "rank0.error.json").read_text())
@@ -269,7 +251,7 @@ def test_a_world_size_other_than_the_compiled_one_is_refused_at_start(tp2_dir, s
     assert time.monotonic() - started < LAUNCH_TIMEOUT_S
 
 
-def test_serve_under_torchrun_answers_chat_from_rank0_only(host_dirs, tp1_dir, tmp_path):
+def test_serve_under_torchrun_answers_chat_from_rank0_only(host_dirs, tp1_eager_dir, tmp_path):
     ports = [free_port(), free_port()]
     nodes = TwoNodes(tmp_path, [["-m", "bucketserve.entrypoints.cli", "serve", str(host_dirs[node]),
                                  "--port", str(ports[node]), "--served-model-name", "tiny"] for node in (0, 1)])
@@ -292,5 +274,5 @@ def test_serve_under_torchrun_answers_chat_from_rank0_only(host_dirs, tp1_dir, t
             httpx.get(f"http://127.0.0.1:{ports[1]}/health", timeout=1)
     finally:
         nodes.close()
-    expected = LLM(model=str(tp1_dir)).chat(messages, SamplingParams(temperature=0, max_tokens=8), use_tqdm=False)
+    expected = LLM(model=str(tp1_eager_dir)).chat(messages, SamplingParams(temperature=0, max_tokens=8), use_tqdm=False)
     assert text == expected[0].outputs[0].text
