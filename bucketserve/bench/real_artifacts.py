@@ -25,16 +25,29 @@ QUICK_FILE_TYPE = "Q4_1"  # the tiny --quick model is written as SmolLM2's file 
 class RealSystem:
     quantization: str | None  # None: fp32
     decoder_batch_sizes: tuple[int, ...]
+    # Compiled from the model's own file (its Q4_1 / Q8_0 blocks kept as they are), not from the requantized
+    # copy llama.cpp reads: the same values as fp32, so it isolates what our int4 path itself costs.
+    from_model_file: bool = False
+
+    @property
+    def key(self) -> str:
+        """What the accuracy results are keyed by: fp32, int8, int4, or int4 (model file)."""
+        return (self.quantization or "fp32") + (f" ({MODEL_FILE})" if self.from_model_file else "")
 
     @property
     def name(self) -> str:
-        return f"{self.quantization or 'fp32'} {system_name(self.decoder_batch_sizes)}"
+        suffix = f" ({MODEL_FILE})" if self.from_model_file else ""
+        return f"{self.quantization or 'fp32'} {system_name(self.decoder_batch_sizes)}{suffix}"
+
+
+MODEL_FILE = "model file"
 
 
 FP32, INT8, INT4 = RealSystem(None, BUCKETS), RealSystem("int8", BUCKETS), RealSystem("int4", BUCKETS)
 INT4_SINGLE = RealSystem("int4", SINGLE)  # T10: the seed's groups on [8] alone
 SYSTEMS = (FP32, INT8, INT4, INT4_SINGLE)
-ACCURACY_SYSTEMS = (FP32, INT8, INT4)
+INT4_MODEL_FILE = RealSystem("int4", BUCKETS, from_model_file=True)
+ACCURACY_SYSTEMS = (FP32, INT8, INT4, INT4_MODEL_FILE)
 
 
 def llama_cpp_name(quantization: str) -> str:
@@ -91,6 +104,11 @@ def requantized_file(options: BenchOptions, source: Path, weight_type: str) -> P
 
 def source_file(options: BenchOptions, model: Path, quantization: str | None) -> Path:
     return model if quantization is None else requantized_file(options, model, FILE_TYPE[quantization])
+
+
+def system_source(options: BenchOptions, model: Path, system: RealSystem) -> Path:
+    """The GGUF file `system` compiles from."""
+    return model if system.from_model_file else source_file(options, model, system.quantization)
 
 
 def compile_options(options: BenchOptions, system: RealSystem) -> dict:

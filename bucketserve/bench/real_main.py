@@ -72,7 +72,7 @@ class RealBench:
         directories = {}
         for system in systems:
             try:
-                source = source_file(self.options, self.model_file, system.quantization)
+                source = real_artifacts.system_source(self.options, self.model_file, system)
                 directories[system] = real_artifacts.compiled_dir(self.options, system, source, self.code_digest)
             except Exception as err:  # e.g. a quantization this checkout does not have yet
                 if system is FP32:
@@ -129,7 +129,7 @@ class RealBench:
     def _system_info(self, system, loaded: artifacts.CompiledSystem, memory_info: dict) -> dict:
         runner = loaded.model.runner
         return {"directory": str(loaded.directory), "quantization": system.quantization,
-                "source_file": str(source_file(self.options, self.model_file, system.quantization)),
+                "source_file": str(real_artifacts.system_source(self.options, self.model_file, system)),
                 "decoder_batch_sizes": list(system.decoder_batch_sizes), "compile_seconds": loaded.compile_seconds,
                 "compile_seconds_total": sum(loaded.compile_seconds.values()), "load_seconds": loaded.load_seconds,
                 "weight_bytes": runner.weight_bytes, "kv_cache_bytes": runner.kv_cache.nbytes, "memory": memory_info}
@@ -185,9 +185,9 @@ class RealBench:
             self.log(f"perplexity and greedy answers: {system.name}")
             llm = LLM(model=str(directory))
             started = time.perf_counter()
-            results["perplexity"][system.quantization or "fp32"] = accuracy.perplexity(llm, text_ids, window)
-            results["perplexity"][system.quantization or "fp32"]["seconds"] = time.perf_counter() - started
-            results["answers"][system.quantization or "fp32"] = accuracy.greedy_answers(llm, prompts, options.new_tokens)
+            results["perplexity"][system.key] = accuracy.perplexity(llm, text_ids, window)
+            results["perplexity"][system.key]["seconds"] = time.perf_counter() - started
+            results["answers"][system.key] = accuracy.greedy_answers(llm, prompts, options.new_tokens)
             del llm
             gc.collect()
         results["llama_cpp_perplexity"] = self._llama_cpp_perplexity(results, text_ids, window)

@@ -104,7 +104,9 @@ def _t6(results: dict) -> dict:
 REAL_BITS = {"int8": "Q8_0", "int4": "Q4_0"}  # bucketserve's quantization -> the file llama.cpp runs at its bits
 T7_MIN, T8_MIN, T9_MAX, T10_MAX = 1.3, 4.0, 1.3, 0.7
 FP32_MAX = {"int4": 0.4, "int8": 0.55}
-PPL_MAX = {"int8": 1.01, "int4": 1.05}
+# "int4 (model file)": int4 kept from the model's own Q4_1 blocks; "int4": from the Q4_0 copy llama.cpp reads at
+# the same bits, whose values a second 4-bit rounding moved (bench/real_artifacts.py).
+PPL_MAX = {"int8": 1.01, "int4": 1.05, "int4 (model file)": 1.05}
 
 
 def judge_real(results: dict) -> dict:
