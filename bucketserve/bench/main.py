@@ -16,9 +16,20 @@ import torch
 
 from ..compiler.source_digest import source_digest
 from ..demo.checkpoint import SHAPES
-from . import arrivals, artifacts, baselines, memory, plots, profile, report, roofline, scenarios, targets
+from . import (
+    arrivals,
+    artifacts,
+    baselines,
+    memory,
+    plots,
+    prefix_scenarios,
+    profile,
+    report,
+    roofline,
+    scenarios,
+    targets,
+)
 from .options import BUCKETS, PEERS, SINGLE, BenchOptions, build_options
-from .prefix_scenarios import cached_system_prompt, group_first_tokens
 from .workload import load_tokenizer
 
 RESULTS_FILE = "bench.json"
@@ -175,14 +186,7 @@ class Bench:
 
     def _prefix_cache(self, model, tokenizer) -> None:
         """T11 (prefix caching on vs off) and T12 (batched prefill vs one at a time) on the [8, 4, 1] model."""
-        run = self.results["prefix_cache"] = {}
-        for name, scenario in (("T11", cached_system_prompt), ("T12", group_first_tokens)):
-            self.log(f"prefix cache and batched prefill: {name}")
-            try:
-                run[name] = scenario(model, tokenizer)
-            except Exception as err:  # recorded with its reason; the rest of the run goes on
-                traceback.print_exc()
-                run[name] = {"skipped": f"{type(err).__name__}: {err}"}
+        self.results["prefix_cache"] = prefix_scenarios.run_both(model, tokenizer, self.log)
 
     def _system_info(self, system: artifacts.CompiledSystem, memory_info: dict) -> dict:
         runner = system.model.runner

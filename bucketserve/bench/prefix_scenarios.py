@@ -9,6 +9,7 @@ from __future__ import annotations
 import random
 import statistics
 import time
+import traceback
 
 from ..demo.checkpoint import SPECIAL_TOKENS
 from ..demo.prompts import LARGE_BATCH_CONVERSATIONS
@@ -93,6 +94,19 @@ def group_first_tokens(model, tokenizer, repeats: int = T12_REPEATS) -> dict:
     one, together = min(one_at_a_time[1:]), min(batched[1:])
     return {"prompts": len(prompts), "prompt_tokens": [len(p) for p in prompts], "one_at_a_time_seconds": one,
             "batched_seconds": together, "ratio": together / one}
+
+
+def run_both(model, tokenizer, log) -> dict:
+    """T11 and T12 on `model`, each recorded with its reason if it fails (the rest of a bench run goes on)."""
+    run = {}
+    for name, scenario in (("T11", cached_system_prompt), ("T12", group_first_tokens)):
+        log(f"prefix cache and batched prefill: {name}")
+        try:
+            run[name] = scenario(model, tokenizer)
+        except Exception as err:
+            traceback.print_exc()
+            run[name] = {"skipped": f"{type(err).__name__}: {err}"}
+    return run
 
 
 def judge(results: dict) -> dict:

@@ -13,7 +13,19 @@ import time
 import traceback
 
 from ..compiler.source_digest import source_digest
-from . import accuracy, artifacts, memory, real_artifacts, real_plots, real_report, report, roofline, scenarios, targets
+from . import (
+    accuracy,
+    artifacts,
+    memory,
+    prefix_scenarios,
+    real_artifacts,
+    real_plots,
+    real_report,
+    report,
+    roofline,
+    scenarios,
+    targets,
+)
 from .contestants import LlamaCpp, Ours
 from .main import _command_line
 from .options import BenchOptions
@@ -116,6 +128,8 @@ class RealBench:
         if INT4 in ours and INT4_SINGLE in ours:
             self.log("the seed's groups under int4: [8, 4, 1] vs [8] interleaved", results)
             results["seed_groups"] = seed_groups({s.name: ours[s] for s in (INT4, INT4_SINGLE)}, prompt_groups, options)
+        # T11 and T12 on the real model: its fp32 [8, 4, 1] graphs, as `bucketserve bench` runs them on random weights.
+        results["prefix_cache"] = prefix_scenarios.run_both(ours[FP32].model, tokenizer, self.log)
         results["greedy_agreement"] = peer_agreement(results)
         for scenario in ("batch_1", "concurrent_8", "seed_groups"):
             for run in results[scenario].values():

@@ -1,6 +1,7 @@
 """The terminal tables of the real-model mode (--real and --accuracy)."""
 from __future__ import annotations
 
+from . import prefix_scenarios
 from .report import GB, _met, _ms, _rate, _value
 
 
@@ -55,6 +56,7 @@ def format_speed(results: dict) -> str:
     if agreement:
         lines += ["", "greedy tokens equal to llama.cpp's on the same file (fraction before the first difference): "
                   + ", ".join(f"{name} {a['mean_prefix_fraction']:.2f}" for name, a in agreement.items())]
+    lines += prefix_scenarios.report_lines(results)
     return "\n".join(lines + _targets(results))
 
 

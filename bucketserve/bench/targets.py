@@ -118,7 +118,7 @@ def judge_real(results: dict) -> dict:
               "T9": _t9(results), "T10": _t10(results)}
     for quantization, limit in FP32_MAX.items():
         judged[f"{quantization}/fp32"] = _versus_fp32(results, quantization, limit)
-    return judged
+    return {**judged, **prefix_scenarios.judge(results)}
 
 
 def _why(reason: str) -> dict:
