@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import os
 import sys
 import time
 import traceback
@@ -33,7 +32,6 @@ from .options import BUCKETS, PEERS, SINGLE, BenchOptions, build_options
 from .workload import load_tokenizer
 
 RESULTS_FILE = "bench.json"
-PARTIAL_FILE = "bench.partial.json"  # rewritten after every scenario, so a run cut short keeps its figures
 
 
 def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
@@ -81,12 +79,7 @@ def run_bench(args) -> dict:
         return run_real(options)
     started = time.perf_counter()
     results = Bench(options).run()
-    results["bench_seconds"] = time.perf_counter() - started
-    results["machine"]["load_average_at_end"] = os.getloadavg()
-    report.write_json(results, options.out_dir / RESULTS_FILE)
-    (options.out_dir / PARTIAL_FILE).unlink(missing_ok=True)
-    print(report.format_table(results))
-    print(f"\nresults: {options.out_dir / RESULTS_FILE}" + "".join(f", {p}" for p in results["plots"]))
+    report.finish_run(results, time.perf_counter() - started, options.out_dir / RESULTS_FILE, report.format_table(results))
     return results
 
 
@@ -130,7 +123,7 @@ class Bench:
 
     def log(self, message: str) -> None:
         print(f"[bench {time.strftime('%H:%M:%S')}] {message}", flush=True)
-        report.write_json(self.results, self.options.out_dir / PARTIAL_FILE)
+        report.write_json(self.results, self.options.out_dir / report.PARTIAL_FILE)
 
     def run(self) -> dict:
         options, results = self.options, self.results

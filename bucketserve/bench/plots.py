@@ -15,13 +15,19 @@ def matplotlib_missing() -> str | None:
     return None
 
 
-def write_plots(results: dict, out_dir: Path) -> list[Path]:
+def pyplot(out_dir: Path):
+    """matplotlib's pyplot on the Agg backend (files, no display), with out_dir made to hold them."""
     import matplotlib
 
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
 
     out_dir.mkdir(parents=True, exist_ok=True)
+    return plt
+
+
+def write_plots(results: dict, out_dir: Path) -> list[Path]:
+    plt = pyplot(out_dir)
     return [_step_plot(results, out_dir / "step_time_vs_floor.png", plt),
             _throughput_plot(results, out_dir / "tokens_per_second.png", plt)]
 

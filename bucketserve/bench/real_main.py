@@ -8,7 +8,6 @@ perplexity and greedy agreement with fp32 measured. --real writes bench.json, --
 from __future__ import annotations
 
 import gc
-import os
 import time
 import traceback
 
@@ -34,7 +33,6 @@ from .real_scenarios import batch_one, chat_prompt_ids, concurrent, seed_group_p
 from .workload import load_tokenizer
 
 RESULTS_FILE, ACCURACY_FILE = "bench.json", "accuracy.json"
-PARTIAL_FILE = "bench.partial.json"
 QUICK_TEXT_WINDOWS = 8  # --quick scores this many windows of the text
 LLAMA_CPP_MISSING = "llama-cpp-python is not installed ({}); pip install -c constraints.txt -e '.[bench]' (it builds llama.cpp)"
 
@@ -45,20 +43,13 @@ def run_real(options: BenchOptions) -> dict:
     if options.real:
         started = time.perf_counter()
         results = bench.speed()
-        results["bench_seconds"] = time.perf_counter() - started
-        results["machine"]["load_average_at_end"] = os.getloadavg()
-        report.write_json(results, options.out_dir / RESULTS_FILE)
-        (options.out_dir / PARTIAL_FILE).unlink(missing_ok=True)
-        print(real_report.format_speed(results))
-        print(f"\nresults: {options.out_dir / RESULTS_FILE}" + "".join(f", {p}" for p in results["plots"]))
+        report.finish_run(results, time.perf_counter() - started, options.out_dir / RESULTS_FILE, real_report.format_speed(results))
         returned["real"] = results
     if options.accuracy:
         started = time.perf_counter()
         results = bench.accuracy()
-        results["bench_seconds"] = time.perf_counter() - started
-        report.write_json(results, options.out_dir / ACCURACY_FILE)
-        print(real_report.format_accuracy(results))
-        print(f"\nresults: {options.out_dir / ACCURACY_FILE}")
+        report.finish_run(results, time.perf_counter() - started, options.out_dir / ACCURACY_FILE,
+                          real_report.format_accuracy(results))
         returned["accuracy"] = results
     return returned
 
@@ -72,7 +63,7 @@ class RealBench:
     def log(self, message: str, results: dict | None = None) -> None:
         print(f"[bench {time.strftime('%H:%M:%S')}] {message}", flush=True)
         if results is not None:
-            report.write_json(results, self.options.out_dir / PARTIAL_FILE)
+            report.write_json(results, self.options.out_dir / report.PARTIAL_FILE)
 
     def _header(self, mode: str) -> dict:
         return {"mode": mode, "command": _command_line(), "options": self.options.to_dict(),

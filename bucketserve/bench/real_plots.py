@@ -4,19 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .plots import _step_plot, matplotlib_missing
+from .plots import _step_plot, matplotlib_missing, pyplot
 from .targets import REAL_BITS
 
 __all__ = ["matplotlib_missing", "write_plots"]
 
 
 def write_plots(results: dict, out_dir: Path) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
-    out_dir.mkdir(parents=True, exist_ok=True)
+    plt = pyplot(out_dir)
     return [_versus_plot(results, out_dir / "real_vs_llama_cpp.png", plt),
             _step_plot(results, out_dir / "real_step_time_vs_floor.png", plt)]
 

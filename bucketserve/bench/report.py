@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from . import prefix_scenarios
 from .options import GROUP_SIZES
 
 GB = 1e9
+
+PARTIAL_FILE = "bench.partial.json"  # rewritten after every scenario, so a run cut short keeps its figures
 
 
 def _ms(seconds) -> str:
@@ -105,3 +108,14 @@ def _tensor_parallel_lines(sizes: dict) -> list[str]:
 def write_json(results: dict, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(results, indent=2, default=str))
+
+
+def finish_run(results: dict, seconds: float, path: Path, table: str) -> None:
+    """A finished run: its time and the load at its end recorded, its JSON written (the partial file it replaces
+    removed), its table and files printed."""
+    results["bench_seconds"] = seconds
+    results["machine"]["load_average_at_end"] = os.getloadavg()
+    write_json(results, path)
+    (path.parent / PARTIAL_FILE).unlink(missing_ok=True)
+    print(table)
+    print(f"\nresults: {path}" + "".join(f", {p}" for p in results.get("plots", [])))

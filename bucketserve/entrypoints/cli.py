@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 
 
@@ -121,24 +122,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--random", action="store_true", help="a small random-weight Llama instead of the real model")
     p.set_defaults(func=_demo)
 
-    p = sub.add_parser("serve", help="OpenAI-compatible HTTP server over a compiled directory")
-    try:
-        from .openai.server import add_serve_arguments, run_server
-
-        add_serve_arguments(p)
-        p.set_defaults(func=run_server)
-    except ImportError as err:
-        _unavailable(p, err)
-
-    p = sub.add_parser("bench", help="benchmark the decoder buckets against peers")
-    try:
-        from ..bench.main import add_bench_arguments, run_bench
-
-        add_bench_arguments(p)
-        p.set_defaults(func=run_bench)
-    except ImportError as err:
-        _unavailable(p, err)
+    _optional_subcommand(sub, "serve", "OpenAI-compatible HTTP server over a compiled directory",
+                         "bucketserve.entrypoints.openai.server", "add_serve_arguments", "run_server")
+    _optional_subcommand(sub, "bench", "benchmark the decoder buckets against peers",
+                         "bucketserve.bench.main", "add_bench_arguments", "run_bench")
     return parser
+
+
+def _optional_subcommand(sub, name: str, summary: str, module: str, add_arguments: str, run: str) -> None:
+    """A subcommand whose module needs packages a minimal install may lack: without them it says what to install."""
+    p = sub.add_parser(name, help=summary)
+    try:
+        loaded = importlib.import_module(module)
+    except ImportError as err:
+        _unavailable(p, err)
+        return
+    getattr(loaded, add_arguments)(p)
+    p.set_defaults(func=getattr(loaded, run))
 
 
 def _unavailable(p: argparse.ArgumentParser, err: ImportError) -> None:
