@@ -18,7 +18,7 @@ MANIFEST = "bucketserve_manifest.json"
 # 3: so does the prefill graph, and its chunk length is free
 # 4: CPU fp32 decoders multiply through weights reordered at load time (graphs/*.packed.json)
 # 5: CPU fp32 decoders call torch.ops.bucketserve kernels, from graphs/bucketserve_kernels.so
-FORMAT_VERSION = 6  # 6: the prefill graph takes a free number of rows
+FORMAT_VERSION = 6  # 6: the prefill graph takes a free number of rows; quantization and kv_cache_dtype in compile_config
 
 
 class CompiledModelError(RuntimeError):
