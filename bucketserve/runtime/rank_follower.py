@@ -13,6 +13,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from . import distributed
+from .around_local import AroundLocalRunner
 from .model_runner import ModelRunner
 from .tp_error import TensorParallelError
 
@@ -41,7 +42,7 @@ def follow_calls(conn: Connection, runner: ModelRunner, rank: int) -> tuple[str,
             ) from err
 
 
-class FollowerRunner:
+class FollowerRunner(AroundLocalRunner):
     """A launched rank other than 0: its own shard's graphs, run only when rank 0 says so."""
 
     def __init__(self, local: ModelRunner, conn: Connection, rank: int):
@@ -100,11 +101,6 @@ class FollowerRunner:
 
     def close(self) -> None:
         self._finalizer()
-
-    def __getattr__(self, name):
-        if name == "local":
-            raise AttributeError(name)
-        return getattr(self.local, name)
 
 
 def _close_following(local: ModelRunner, conn: Connection, rank: int, stopped: list[bool]) -> None:

@@ -24,6 +24,7 @@ from typing import Protocol
 from ..config import CompileConfig
 from ..models.config import ModelConfig
 from . import distributed
+from .around_local import AroundLocalRunner
 from .model_runner import ModelRunner
 from .rank_follower import GONE, follow_calls
 from .rank_loader import load_rank_runner
@@ -55,7 +56,7 @@ def _shutdown(workers: list[OtherRank]) -> None:
     distributed.destroy_process_group()
 
 
-class TensorParallelRunner:
+class TensorParallelRunner(AroundLocalRunner):  # all but prefill/prefill_batch/decode: rank 0's own
     rank = 0
 
     def __init__(self, workers: list[OtherRank], load_local: Callable[[], ModelRunner], scripts_on_every_rank: bool):
@@ -172,12 +173,6 @@ class TensorParallelRunner:
 
     def close(self) -> None:
         self._finalizer()
-
-    def __getattr__(self, name):
-        # Everything but prefill/prefill_batch/decode (config, counters, KV cache, compute_logits) is rank 0's.
-        if name == "local":
-            raise AttributeError(name)
-        return getattr(self.local, name)
 
 
 def spawn_tensor_parallel(directory: Path, compile_config: CompileConfig, model_config: ModelConfig) -> TensorParallelRunner:
