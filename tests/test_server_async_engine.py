@@ -3,9 +3,13 @@ blocks, bad prompts fail alone, shutdown ends every stream, and only the engine 
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 import threading
 
 import pytest
+import torch
 
 from bucketserve.engine.async_engine import AsyncLLMEngine, EngineStoppedError, RequestAbortedError
 from bucketserve.engine.sampling_params import SamplingParams
@@ -131,3 +135,76 @@ def test_shutdown_ends_open_streams_and_refuses_new_requests(llm_engine):
 
     engine = run_with_engine(llm_engine, body)
     assert engine.stats["free_blocks"] == engine.stats["usable_blocks"]
+
+
+class StepThreadCounts:
+    """Wraps an LLMEngine and records the OpenMP thread count each step runs with, and on which thread."""
+
+    def __init__(self, engine):
+        self._engine = engine
+        self.seen: set[tuple[str, int]] = set()
+
+    def __getattr__(self, name):
+        return getattr(self._engine, name)
+
+    def step(self, *args, **kwargs):
+        self.seen.add((threading.current_thread().name, torch.get_num_threads()))
+        return self._engine.step(*args, **kwargs)
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="one CPU: every thread count is 1")
+def test_the_engine_thread_computes_with_the_thread_count_set_where_the_model_was_handed_over(llm_engine):
+    """OpenMP's thread count is per thread; the engine thread must see the one the process set (a tensor-parallel
+    rank's share of the host, a benchmark's --threads), not one per CPU."""
+    recording = StepThreadCounts(llm_engine)
+    engine = AsyncLLMEngine(recording)
+    threads_before = torch.get_num_threads()
+
+    async def main():
+        engine.start(asyncio.get_running_loop())
+        try:
+            stream = await engine.add_request("count", None, prompt("Count the threads", llm_engine),
+                                              SamplingParams(temperature=0, max_tokens=4, ignore_eos=True))
+            return [output async for output in stream][-1]
+        finally:
+            await engine.shutdown()
+
+    torch.set_num_threads(1)
+    try:
+        final = asyncio.run(main())
+    finally:
+        torch.set_num_threads(threads_before)
+    assert len(final.outputs[0].token_ids) == 4
+    assert recording.seen == {("bucketserve-engine", 1)}
+
+
+HAND_OVER_PROBE = """
+import os, time, torch
+from bucketserve.runtime import compute_thread
+
+def threads():
+    return len(os.listdir("/proc/self/task"))
+
+torch.set_num_threads(2)
+before = threads()
+torch.ones(4_000_000).add_(1)  # a parallel region: this thread's OpenMP pool starts its worker
+with_pool = threads()
+released = compute_thread.hand_over()
+deadline = time.time() + 10
+while threads() > before and time.time() < deadline:  # the released worker exits on its own
+    time.sleep(0.01)
+print(before, with_pool, threads(), released)
+"""
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2 or not os.path.isdir("/proc/self/task"),
+                    reason="needs two CPUs (an OpenMP pool with a worker) and Linux's /proc")
+def test_handing_over_releases_the_handing_threads_openmp_pool():
+    """libgomp throttles every pool's spinning once all pools' workers outnumber the CPUs, so the thread that
+    loaded the model must give its pool up when the engine thread takes over (the server ran at 0.3x)."""
+    result = subprocess.run([sys.executable, "-c", HAND_OVER_PROBE], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    before, with_pool, after, released = map(int, result.stdout.split())
+    assert with_pool == before + 1  # the pool's one worker (two threads: this one and the worker)
+    assert after == before  # released
+    assert released >= 1  # torch's libgomp
