@@ -19,7 +19,6 @@ import torch
 from .checkpoints import Checkpoint, open_checkpoint, resolve_model_dir
 from .compiler.build import build_compiled_directory
 from .compiler.manifest import read_manifest, verify_manifest, weight_like_files
-from .compiler.tensor_parallel import compile_tensor_parallel
 from .config import CompileConfig, build_compile_config, normalize_decoder_batch_sizes, split_rbln_aliases
 from .models.config import SUPPORTED_MODEL_TYPES, ModelConfig
 from .models.vocabulary import check_token_ids
@@ -30,6 +29,7 @@ from .runtime.executors import load_executor
 from .runtime.kv_cache import KVCache
 from .runtime.model_runner import ModelRunner
 from .runtime.step import PrefillOutput
+from .runtime.tp_compile import compile_tensor_parallel
 from .runtime.tp_executor import spawn_tensor_parallel
 from .runtime.weights import build_model, checkpoint_state, tied_as_stored
 

@@ -17,10 +17,8 @@ from ..kernels import library
 from ..models.llama import LlamaForCausalLM
 from ..quantization.checkpoint_state import describe_plan
 from ..quantization.transform import is_quantized
-from ..runtime.kv_cache import KVCache
-from ..runtime.weights import weights_to_save
 from . import aoti
-from .graph_specs import GraphSpec, decoder_specs, graph_constants, prefill_spec
+from .graph_specs import GraphSpec, cache_shape, decoder_specs, graph_constants, prefill_spec
 from .layout import GRAPHS_DIR, rank_dir
 from .manifest import write_manifest
 from .packed_weights import block_sizes_by_shape
@@ -62,7 +60,8 @@ def write_rank_files(
         return compile_seconds
     (target / GRAPHS_DIR).mkdir(exist_ok=True)
     # A cache to trace against; graphs take the runtime's own cache as an input later.
-    kv_cache = KVCache(model, compile_config, model.model.norm.weight.device).tensor
+    kv_cache = torch.zeros(cache_shape(model, compile_config), dtype=compile_config.kv_cache_torch_dtype,
+                           device=model.model.norm.weight.device)
     decoders = decoder_specs(model, compile_config, kv_cache)
     prefix = "" if world_size == 1 else f"rank{rank}/"
     with tqdm(total=len(decoders) + 1, desc="compiling graphs", unit="graph", disable=rank != 0) as bar:
@@ -84,6 +83,12 @@ def write_rank_files(
         block_sizes = block_sizes_by_shape(described, graph_constants(decoders[0].module))
         compile_one(prefill_spec(model, compile_config, kv_cache, block_sizes))
     return compile_seconds
+
+
+def weights_to_save(model: LlamaForCausalLM) -> dict[str, torch.Tensor]:
+    """The state dict with a tied lm_head stored once (as HF does), contiguous for safetensors."""
+    state = {name: p.detach().contiguous() for name, p in model.named_parameters()}
+    return state
 
 
 def calls_quantized_kernel(model: LlamaForCausalLM, kv_cache) -> bool:

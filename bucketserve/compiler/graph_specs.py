@@ -47,6 +47,13 @@ class GraphSpec:
     inductor_configs: dict = field(default_factory=dict)  # on top of aoti.INDUCTOR_CONFIGS
 
 
+def cache_shape(model: LlamaForCausalLM, compile_config: CompileConfig) -> tuple[int, ...]:
+    """[layers, 2 (k, v), slots, kv heads, head dim]; the KV heads are the model's own (a TP shard has fewer)."""
+    num_slots = compile_config.kvcache_num_blocks * compile_config.kvcache_block_size
+    attention = model.model.layers[0].self_attn
+    return (len(model.model.layers), 2, num_slots, attention.num_kv_heads, attention.head_dim)
+
+
 def _shared_inputs(compile_config: CompileConfig, kv_cache: torch.Tensor):
     """ids(*shape), the free context length and context_positions: what every graph's inputs are built from."""
     device = kv_cache.device

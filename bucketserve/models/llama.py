@@ -22,11 +22,29 @@ from .projections import EAGER, GraphForm
 
 
 class Linear(nn.Linear):
-    """nn.Linear that multiplies in the form its graph is written in (models/projections.py)."""
+    """nn.Linear that multiplies in the form its graph is written in (models/projections.py). The quantized
+    form (quantization/modules.QuantizedLinear) has the same methods, so a transform treats both alike
+    (tensor_parallel.ShardableLinear)."""
 
     def forward(self, x: torch.Tensor, form: GraphForm = EAGER) -> torch.Tensor:
-        out = form.project(x, self.weight)
+        out = self.multiply(x, form)
         return out if self.bias is None else out + self.bias
+
+    def multiply(self, x: torch.Tensor, form: GraphForm = EAGER) -> torch.Tensor:
+        """x @ weight.T, without the bias."""
+        return form.project(x, self.weight)
+
+    def take_rows(self, start: int, stop: int) -> None:
+        """Keep output rows [start, stop) (a copy, so the full tensor can be freed)."""
+        self.weight = nn.Parameter(self.weight[start:stop].clone(), requires_grad=False)
+        if self.bias is not None:
+            self.bias = nn.Parameter(self.bias[start:stop].clone(), requires_grad=False)
+        self.out_features = stop - start
+
+    def take_inputs(self, start: int, stop: int) -> None:
+        """Keep inputs [start, stop) of every row (a copy); the bias stays whole."""
+        self.weight = nn.Parameter(self.weight[:, start:stop].clone(), requires_grad=False)
+        self.in_features = stop - start
 
     def tie_to(self, embedding: nn.Embedding) -> None:
         """Use the embedding's weight as this layer's (tie_word_embeddings): one tensor for both."""

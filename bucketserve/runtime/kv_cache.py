@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 
+from ..compiler.graph_specs import cache_shape
 from ..config import CompileConfig
 from ..models.llama import LlamaForCausalLM
 
@@ -48,9 +49,3 @@ class KVCache:
     def dummy_slot(self, offset: int = 0) -> int:
         return DUMMY_BLOCK * self.block_size + offset % self.block_size
 
-
-def cache_shape(model: LlamaForCausalLM, compile_config: CompileConfig) -> tuple[int, ...]:
-    """[layers, 2 (k, v), slots, kv heads, head dim]; the KV heads are the model's own (a TP shard has fewer)."""
-    num_slots = compile_config.kvcache_num_blocks * compile_config.kvcache_block_size
-    attention = model.model.layers[0].self_attn
-    return (len(model.model.layers), 2, num_slots, attention.num_kv_heads, attention.head_dim)

@@ -83,8 +83,3 @@ def build_model(
     model.requires_grad_(False)
     return model.eval()
 
-
-def weights_to_save(model: LlamaForCausalLM) -> dict[str, torch.Tensor]:
-    """The state dict with a tied lm_head stored once (as HF does), contiguous for safetensors."""
-    state = {name: p.detach().contiguous() for name, p in model.named_parameters()}
-    return state
