@@ -17,21 +17,18 @@ from typing import Any
 import torch
 
 from .checkpoints import Checkpoint, open_checkpoint, resolve_model_dir
-from .compiler.build import build_compiled_directory
 from .compiler.manifest import read_manifest, verify_manifest, weight_like_files
 from .config import CompileConfig, build_compile_config, normalize_decoder_batch_sizes, split_rbln_aliases
 from .models.config import SUPPORTED_MODEL_TYPES, ModelConfig
 from .models.vocabulary import check_token_ids
 from .quantization.options import kv_cache_dtype, split_quantization
 from .runtime.distributed import RankPlacement
-from .runtime.executor import Executor, LocalExecutor
-from .runtime.executors import load_executor
+from .runtime.executor import Executor
+from .runtime.executors import compile_executor, load_executor
 from .runtime.kv_cache import KVCache
 from .runtime.model_runner import ModelRunner
 from .runtime.step import PrefillOutput
-from .runtime.tp_compile import compile_tensor_parallel
-from .runtime.tp_executor import spawn_tensor_parallel
-from .runtime.weights import build_model, checkpoint_state, tied_as_stored
+from .runtime.weights import tied_as_stored
 
 
 class BucketModelForCausalLM:
@@ -87,18 +84,7 @@ class BucketModelForCausalLM:
         model_config = tied_as_stored(model_config, checkpoint.float_tensors())
         out_dir = Path(tempfile.mkdtemp(prefix="bucketserve-"))
         try:
-            if compile_config.tensor_parallel_size == 1:
-                device = torch.device(compile_config.device)
-                model = build_model(model_config, compile_config, checkpoint_state(checkpoint, compile_config, model_config), device)
-                build_compiled_directory(checkpoint, out_dir, model, compile_config)
-                # The runner reuses the weights just built.
-                executor = LocalExecutor(out_dir, ModelRunner(out_dir, model, compile_config, device))
-                checkpoint.release_pages()  # see load_rank_runner
-            else:
-                checkpoint.release_pages()  # the ranks open the checkpoint themselves
-                compile_tensor_parallel(checkpoint, out_dir, compile_config, model_config)
-                executor = spawn_tensor_parallel(out_dir, compile_config, model_config)
-            instance = cls(executor, read_manifest(out_dir))
+            instance = cls(compile_executor(checkpoint, out_dir, compile_config, model_config), read_manifest(out_dir))
         except BaseException:
             shutil.rmtree(out_dir, ignore_errors=True)
             raise

@@ -46,9 +46,10 @@ def test_a_new_runner_method_runs_on_every_rank_at_tp2(tp2_eager_dir, tmp_path, 
 def _callers_up_to_generate() -> list[str]:
     """The qualified names of the frames above the caller's, innermost first, through LLM.generate."""
     chain = []
-    for frame in inspect.stack(context=0)[2:]:
-        chain.append(frame.frame.f_code.co_qualname)
-        if frame.frame.f_code is LLM.generate.__code__:
+    for info in inspect.stack(context=0)[2:]:
+        owner = info.frame.f_locals.get("self")
+        chain.append(f"{type(owner).__name__}.{info.function}" if owner is not None else info.function)
+        if info.frame.f_code is LLM.generate.__code__:
             return chain
     raise AssertionError(f"LLM.generate is not above the graph call: {chain}")
 

@@ -210,7 +210,7 @@ class DecoderLayer(nn.Module):
 
 
 class Backbone(nn.Module):
-    """Named `model` inside LlamaForCausalLM so parameter names match HF checkpoints."""
+    """Named `model` inside PagedCausalLM so parameter names match HF checkpoints."""
 
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -219,7 +219,10 @@ class Backbone(nn.Module):
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
 
-class LlamaForCausalLM(nn.Module):
+class PagedCausalLM(nn.Module):
+    """The Llama-family causal LM over the paged KV cache, HF's parameter names (not the user's class of that
+    name, modeling.LlamaForCausalLM, which compiles and serves one of these)."""
+
     def __init__(self, config: ModelConfig, max_seq_len: int, block_size: int):
         super().__init__()
         self.config = config
@@ -279,7 +282,7 @@ class PrefillGraph(nn.Module):
     positions are read from its blocks like a decode step's.
     """
 
-    def __init__(self, model: LlamaForCausalLM, form: GraphForm = EAGER):
+    def __init__(self, model: PagedCausalLM, form: GraphForm = EAGER):
         super().__init__()
         self.model = model
         self.form = form
@@ -308,7 +311,7 @@ class DecoderGraph(nn.Module):
     the eager engine keeps SDPA and dense_linear. All compute the same function.
     """
 
-    def __init__(self, model: LlamaForCausalLM, form: GraphForm = EAGER):
+    def __init__(self, model: PagedCausalLM, form: GraphForm = EAGER):
         super().__init__()
         self.model = model
         self.form = form

@@ -19,7 +19,7 @@ import torch.distributed as dist
 from torch import nn
 
 from .config import ModelConfig
-from .llama import LlamaForCausalLM
+from .llama import PagedCausalLM
 from .projections import EAGER, GraphForm
 
 
@@ -91,7 +91,7 @@ def _split_by_input(linear: nn.Module, start: int, stop: int) -> nn.Module:
     return linear
 
 
-def shard_model(model: LlamaForCausalLM, rank: int, world_size: int) -> LlamaForCausalLM:
+def shard_model(model: PagedCausalLM, rank: int, world_size: int) -> PagedCausalLM:
     """Turn a full model into rank `rank`'s shard of `world_size`, in place. Works on `meta` tensors too."""
     config = model.config
     check_shardable(config, world_size)

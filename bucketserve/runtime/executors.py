@@ -1,17 +1,41 @@
 """Which executor runs a compiled directory in this process: one rank here, ranks spawned on this host, or the
-ranks a launcher such as torchrun started (this process is one of them, told by RANK / WORLD_SIZE)."""
+ranks a launcher such as torchrun started (this process is one of them, told by RANK / WORLD_SIZE); and the
+executor a compile leaves running over the directory it wrote."""
 from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
+from ..checkpoints import Checkpoint
+from ..compiler.build import build_compiled_directory
 from ..compiler.manifest import verify_manifest
 from ..config import CompileConfig
 from ..models.config import ModelConfig
 from .distributed import RankPlacement
 from .executor import Executor, LocalExecutor
+from .model_runner import ModelRunner
 from .rank_launch import join_launched_ranks
 from .rank_loader import load_rank_runner
+from .tp_compile import compile_tensor_parallel
 from .tp_executor import spawn_tensor_parallel
+from .weights import build_model, checkpoint_state
+
+
+def compile_executor(checkpoint: Checkpoint, out_dir: Path, compile_config: CompileConfig,
+                     model_config: ModelConfig) -> Executor:
+    """Compile checkpoint into out_dir, then run it: in this process over the weights just built; with tensor
+    parallelism one process per rank compiles, and the ranks that serve are spawned afterwards."""
+    if compile_config.tensor_parallel_size == 1:
+        device = torch.device(compile_config.device)
+        model = build_model(model_config, compile_config, checkpoint_state(checkpoint, compile_config, model_config), device)
+        build_compiled_directory(checkpoint, out_dir, model, compile_config)
+        executor = LocalExecutor(out_dir, ModelRunner(out_dir, model, compile_config, device))
+        checkpoint.release_pages()  # see load_rank_runner
+        return executor
+    checkpoint.release_pages()  # the ranks open the checkpoint themselves
+    compile_tensor_parallel(checkpoint, out_dir, compile_config, model_config)
+    return spawn_tensor_parallel(out_dir, compile_config, model_config)
 
 
 def load_executor(directory: Path, compile_config: CompileConfig, model_config: ModelConfig,

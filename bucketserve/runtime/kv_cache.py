@@ -5,14 +5,14 @@ import torch
 
 from ..compiler.graph_specs import cache_shape
 from ..config import CompileConfig
-from ..models.llama import LlamaForCausalLM
+from ..models.llama import PagedCausalLM
 
 # Block 0 is never handed to a sequence: padding rows and padding tokens write and read only here.
 DUMMY_BLOCK = 0
 
 
 class KVCache:
-    def __init__(self, model: LlamaForCausalLM, compile_config: CompileConfig, device: torch.device):
+    def __init__(self, model: PagedCausalLM, compile_config: CompileConfig, device: torch.device):
         self.block_size = compile_config.kvcache_block_size
         self.num_blocks = compile_config.kvcache_num_blocks
         self.blocks_per_sequence = compile_config.blocks_per_sequence

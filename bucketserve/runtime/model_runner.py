@@ -7,12 +7,12 @@ from pathlib import Path
 import torch
 
 from ..compiler import aoti
+from ..compiler.directory_layout import GRAPHS_DIR
 from ..compiler.graph_specs import PREFILL, context_len_through, decoder_name, graph_constants, prefill_width
-from ..compiler.layout import GRAPHS_DIR
 from ..config import CompileConfig
 from ..kernels import library
 from ..models.config import ModelConfig
-from ..models.llama import DecoderGraph, LlamaForCausalLM, PrefillGraph
+from ..models.llama import DecoderGraph, PagedCausalLM, PrefillGraph
 from .kv_cache import DUMMY_BLOCK, KVCache
 from .step import PrefillOutput, StepInput, StepOutput
 
@@ -21,7 +21,7 @@ class ModelRunner:
     """One rank's device work. Its public methods are what an executor's call(method, *args) runs, on every
     rank alike under tensor parallelism: a new one needs no edit anywhere else (runtime/executor.py)."""
 
-    def __init__(self, directory: Path, model: LlamaForCausalLM, compile_config: CompileConfig, device: torch.device):
+    def __init__(self, directory: Path, model: PagedCausalLM, compile_config: CompileConfig, device: torch.device):
         """directory: the folder holding this rank's graphs/ (the compiled directory itself without TP)."""
         self.compile_config = compile_config
         self.model_config: ModelConfig = model.config

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ..checkpoints import Checkpoint, open_checkpoint
 from ..compiler.build import quantized_tensors, write_rank_files
-from ..compiler.layout import GRAPHS_DIR, rank_dir
+from ..compiler.directory_layout import GRAPHS_DIR, rank_dir
 from ..compiler.manifest import write_manifest
 from ..config import CompileConfig
 from ..models.config import ModelConfig
