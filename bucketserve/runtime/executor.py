@@ -34,14 +34,8 @@ class Executor(ABC):
         """directory: the compiled directory; driver: this process's own runner (rank 0's shard on rank 0)."""
         self.directory = directory
         self.driver = driver
-
-    @property
-    def compile_config(self) -> CompileConfig:
-        return self.driver.compile_config
-
-    @property
-    def model_config(self) -> ModelConfig:
-        return self.driver.model_config
+        self.compile_config: CompileConfig = driver.compile_config
+        self.model_config: ModelConfig = driver.model_config
 
     @abstractmethod
     def call(self, method: str, *args: Any) -> Any:
