@@ -93,7 +93,7 @@ def weights_to_save(model: PagedCausalLM) -> dict[str, torch.Tensor]:
 
 def calls_quantized_kernel(model: PagedCausalLM, kv_cache) -> bool:
     """Whether the graphs of a quantized model were traced through torch.ops.bucketserve.quantized_linear
-    (models.projections.quantized_linear: fp32 on the CPU, where this process has the op)."""
+    (quantization.quantized_gemm.quantized_linear: fp32 on the CPU, where this process has the op)."""
     return (is_quantized(model) and kv_cache.device.type == "cpu" and model.model.norm.weight.dtype == torch.float32
             and "quantized_linear" in library.registered_ops())
 

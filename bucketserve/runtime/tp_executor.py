@@ -101,10 +101,11 @@ class TensorParallelExecutor(Executor):
     def call(self, method: str, *args):
         if not self._finalizer.alive:
             raise TensorParallelError("this tensor-parallel model was closed; create a new one")
+        run = getattr(self.driver, method)  # a name the runner lacks fails here, before any rank is sent it
         try:
             self._check_workers_alive()
             self._send_all(("call", (method, args)))
-            return getattr(self.driver, method)(*args)
+            return run(*args)
         except (ValueError, TypeError):
             raise  # a bad request, refused by every rank alike before any collective: still in step
         except TensorParallelError:
