@@ -11,8 +11,7 @@ from .modeling import (
     Qwen2ForCausalLM,
     Qwen3ForCausalLM,
 )
-
-__version__ = "0.1.0"
+from .version import __version__ as __version__
 
 __all__ = [
     "LLM",

@@ -10,6 +10,7 @@ import torch
 
 from .models.config import ModelConfig
 from .models.tensor_parallel import check_shardable
+from .quantization.layout import GROUP
 from .quantization.options import kv_cache_dtype, split_quantization
 
 logger = logging.getLogger(__name__)
@@ -135,7 +136,7 @@ def build_compile_config(options: dict[str, Any], model_config: ModelConfig) -> 
         )
     tp = _positive_int("tensor_parallel_size", o.get("tensor_parallel_size", 1))
     scheme, kv_cache = split_quantization(o.get("quantization"), o.get("kv_cache_dtype"))
-    check_shardable(model_config, tp, quantized=scheme is not None)
+    check_shardable(model_config, tp, quantization_group=GROUP if scheme is not None else None)
     block_size = _positive_int("kvcache_block_size", o.get("kvcache_block_size", default_block_size(max_seq_len)))
     if max_seq_len % block_size:
         raise ValueError(

@@ -1,4 +1,10 @@
-"""HF-style `model.generate` (greedy) over the compiled model's prefill/decode API, for up to batch_size prompts."""
+"""HF-style `model.generate` (greedy) over the compiled model's prefill/decode API, for up to batch_size prompts.
+
+Not the engine's loop (LLMEngine.step), on purpose: this is transformers' contract, which the seed's scripts
+call — ids in, one padded id tensor out, the caller's eos_token_id / pad_token_id, no tokenizer (the engine's
+stop checks run through a detokenizer), a fixed block table per row and no scheduler. What it shares with the
+engine is everything below the loop: model.prefill / model.decode are the same executor calls the engine makes,
+so a decode step here reaches the same graph through the same executor."""
 from __future__ import annotations
 
 import torch

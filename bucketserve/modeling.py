@@ -1,4 +1,5 @@
-"""The compiled causal LM users hold: from_pretrained (compile or load), save_pretrained, and the run API.
+"""The compiled causal LM users hold: a thin shell over an executor (runtime/executor.py): from_pretrained
+(compile or load), save_pretrained, and the raw run API (prefill / decode / generate) as executor calls.
 
     model = LlamaForCausalLM.from_pretrained("hf-dir", export=True, batch_size=8, decoder_batch_sizes=[8, 4, 1])
     model.save_pretrained("out-dir")
@@ -16,20 +17,18 @@ from typing import Any
 import torch
 
 from .checkpoints import Checkpoint, open_checkpoint, resolve_model_dir
-from .compiler.build import build_compiled_directory
 from .compiler.manifest import read_manifest, verify_manifest, weight_like_files
-from .compiler.tensor_parallel import compile_tensor_parallel
 from .config import CompileConfig, build_compile_config, normalize_decoder_batch_sizes, split_rbln_aliases
 from .models.config import SUPPORTED_MODEL_TYPES, ModelConfig
+from .models.vocabulary import check_token_ids
 from .quantization.options import kv_cache_dtype, split_quantization
 from .runtime.distributed import RankPlacement
+from .runtime.executor import Executor
+from .runtime.executors import compile_executor, load_executor
 from .runtime.kv_cache import KVCache
-from .runtime.model_runner import ModelRunner, PrefillOutput
-from .runtime.rank_follower import FollowerRunner
-from .runtime.rank_launch import join_launched_ranks
-from .runtime.rank_loader import load_rank_runner
-from .runtime.tp_runner import TensorParallelRunner, spawn_tensor_parallel
-from .runtime.weights import build_model, checkpoint_state, tied_as_stored
+from .runtime.model_runner import ModelRunner
+from .runtime.step import PrefillOutput
+from .runtime.weights import tied_as_stored
 
 
 class BucketModelForCausalLM:
@@ -37,14 +36,19 @@ class BucketModelForCausalLM:
 
     model_types: tuple[str, ...] = SUPPORTED_MODEL_TYPES
 
-    def __init__(self, directory: Path, runner: ModelRunner | TensorParallelRunner | FollowerRunner, manifest: dict[str, Any]):
-        self.directory = directory
-        self.runner = runner
+    def __init__(self, executor: Executor, manifest: dict[str, Any]):
+        self.executor = executor
+        self.directory: Path = executor.directory
         self.manifest = manifest
-        self.compile_config: CompileConfig = runner.compile_config
-        self.model_config: ModelConfig = runner.model_config
+        self.compile_config: CompileConfig = executor.compile_config
+        self.model_config: ModelConfig = executor.model_config
         self._hf_config = None
         self._generation_config = None
+
+    @property
+    def runner(self) -> ModelRunner:
+        """This process's own runner (rank 0's shard on rank 0): its graphs, weights and counters."""
+        return self.executor.driver
 
     # ---- construction ----
     @classmethod
@@ -80,17 +84,7 @@ class BucketModelForCausalLM:
         model_config = tied_as_stored(model_config, checkpoint.float_tensors())
         out_dir = Path(tempfile.mkdtemp(prefix="bucketserve-"))
         try:
-            if compile_config.tensor_parallel_size == 1:
-                device = torch.device(compile_config.device)
-                model = build_model(model_config, compile_config, checkpoint_state(checkpoint, compile_config, model_config), device)
-                build_compiled_directory(checkpoint, out_dir, model, compile_config)
-                runner = ModelRunner(out_dir, model, compile_config, device)  # reuses the weights just built
-                checkpoint.release_pages()  # see load_rank_runner
-            else:
-                checkpoint.release_pages()  # the ranks open the checkpoint themselves
-                compile_tensor_parallel(checkpoint, out_dir, compile_config, model_config)
-                runner = spawn_tensor_parallel(out_dir, compile_config, model_config)
-            instance = cls(out_dir, runner, read_manifest(out_dir))
+            instance = cls(compile_executor(checkpoint, out_dir, compile_config, model_config), read_manifest(out_dir))
         except BaseException:
             shutil.rmtree(out_dir, ignore_errors=True)
             raise
@@ -126,39 +120,29 @@ class BucketModelForCausalLM:
                     f"{name}={value!r} was given, but {directory} was compiled with {name}={compiled!r}; "
                     f"drop the option, or recompile with from_pretrained(checkpoint, export=True, {name}=...)"
                 )
-        if placement is not None and (placement.world_size > 1 or compile_config.tensor_parallel_size > 1):
-            runner = join_launched_ranks(directory, placement, compile_config, model_config,
-                                         check_files=lambda rank: verify_manifest(directory, rank=rank))
-        elif placement is not None:
-            verify_manifest(directory)
-            runner = load_rank_runner(directory, compile_config, model_config, rank=0)
-        elif compile_config.tensor_parallel_size == 1:
-            runner = load_rank_runner(directory, compile_config, model_config, rank=0)
-        else:
-            runner = spawn_tensor_parallel(directory, compile_config, model_config)
-        return cls(directory, runner, manifest)
+        return cls(load_executor(directory, compile_config, model_config, placement), manifest)
 
     def close(self) -> None:
         """Stop tensor-parallel workers (if any); the model cannot run afterwards. Single-process: no-op.
         On a torchrun rank other than 0, first runs rank 0's calls until rank 0 closes the model too."""
-        self.runner.close()
+        self.executor.close()
 
     # ---- tensor-parallel ranks launched by torchrun ----
     @property
     def rank(self) -> int:
         """This process's tensor-parallel rank: torchrun's RANK, else 0 (spawned workers are not user processes)."""
-        return self.runner.rank
+        return self.executor.rank
 
     def run_on_every_rank(self, call):
         """One call of the user's script that every rank makes (generate, chat): rank 0 runs call() and returns
         its result; under torchrun every other rank runs rank 0's graph calls meanwhile and returns (or raises)
         the same. In a single process (or with spawned workers) it is call()."""
-        return self.runner.run_on_every_rank(call)
+        return self.executor.run_on_every_rank(call)
 
     def follow(self) -> None:
         """On a torchrun rank other than 0: run rank 0's calls until rank 0 closes the model (how ranks other
         than 0 serve: `bucketserve serve` there calls this). On rank 0 it returns at once."""
-        self.runner.follow()
+        self.executor.follow()
 
     def save_pretrained(self, save_directory: str | os.PathLike) -> None:
         target = Path(save_directory)
@@ -205,7 +189,7 @@ class BucketModelForCausalLM:
     def kv_cache(self) -> KVCache:
         return self.runner.kv_cache
 
-    # ---- running (the API the engine uses) ----
+    # ---- running: the raw API, each an executor call (the engine calls the executor itself) ----
     def decoder_batch_size_for(self, num_seqs: int) -> int:
         """The smallest compiled decoder batch size >= num_seqs (3 -> 4 with [8, 4, 1])."""
         return self.runner.decoder_batch_size_for(num_seqs)
@@ -213,8 +197,8 @@ class BucketModelForCausalLM:
     def prefill(self, token_ids: list[int], block_table: list[int], start: int = 0, return_hidden: bool = False) -> PrefillOutput:
         """Prefill one sequence into its KV blocks, chunk by chunk; returns the next-token logits."""
         token_ids = list(token_ids)
-        self._check_token_ids(token_ids)
-        return self.runner.prefill(token_ids, list(block_table), start, return_hidden)
+        check_token_ids(token_ids, self.model_config.vocab_size)
+        return self.executor.call("prefill", token_ids, list(block_table), start, return_hidden)
 
     def prefill_batch(self, token_ids: list[list[int]], block_tables: list[list[int]], starts: list[int],
                       return_hidden: list[bool]) -> list[PrefillOutput]:
@@ -223,8 +207,9 @@ class BucketModelForCausalLM:
             raise ValueError("prefill_batch takes one token list, block table, start and return_hidden per sequence")
         token_ids = [list(ids) for ids in token_ids]
         for ids in token_ids:
-            self._check_token_ids(ids)
-        return self.runner.prefill_batch(token_ids, [list(t) for t in block_tables], list(starts), list(return_hidden))
+            check_token_ids(ids, self.model_config.vocab_size)
+        return self.executor.call("prefill_batch", token_ids, [list(t) for t in block_tables], list(starts),
+                                  list(return_hidden))
 
     def decode(self, input_ids: list[int], positions: list[int], block_tables: list[list[int]]) -> torch.Tensor:
         """One decode step for N sequences on the smallest decoder >= N; returns [N, vocab] logits."""
@@ -234,18 +219,11 @@ class BucketModelForCausalLM:
                 f"{len(input_ids)}, {len(positions)} and {len(block_tables)}"
             )
         input_ids = list(input_ids)
-        self._check_token_ids(input_ids)
-        return self.runner.decode(input_ids, list(positions), [list(t) for t in block_tables])
-
-    def _check_token_ids(self, token_ids: list[int]) -> None:
-        """An id outside the vocabulary would index past the embedding inside a graph (a C++ trace per rank)."""
-        vocab_size = self.model_config.vocab_size
-        outside = [t for t in token_ids if not 0 <= t < vocab_size]
-        if outside:
-            raise ValueError(f"token ids {outside[:5]} are outside the vocabulary [0, {vocab_size})")
+        check_token_ids(input_ids, self.model_config.vocab_size)
+        return self.executor.call("decode", input_ids, list(positions), [list(t) for t in block_tables])
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.runner.compute_logits(hidden)
+        return self.executor.call("compute_logits", hidden)
 
     def generate(self, input_ids, max_new_tokens: int = 20, attention_mask=None, eos_token_id=None, pad_token_id=None,
                  do_sample: bool = False):

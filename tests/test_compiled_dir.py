@@ -11,8 +11,8 @@ import transformers
 
 import bucketserve.compiler.aoti
 from bucketserve import AutoModelForCausalLM, LlamaForCausalLM
+from bucketserve.compiler.directory_layout import GRAPHS_DIR
 from bucketserve.compiler.graph_specs import context_len_through, prefill_width
-from bucketserve.compiler.layout import GRAPHS_DIR
 from bucketserve.compiler.manifest import MANIFEST, CompiledModelError
 from bucketserve.kernels import library
 

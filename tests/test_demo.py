@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from bucketserve.demo import build, run
+from bucketserve.demo import build
 from bucketserve.demo.smollm2 import smollm2_gguf
+from bucketserve.entrypoints import demo_command as run
 from bucketserve.entrypoints.cli import main as cli_main
 
 

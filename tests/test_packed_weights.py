@@ -10,8 +10,8 @@ from torch import nn
 
 from bucketserve import AutoModelForCausalLM
 from bucketserve.compiler import aoti
+from bucketserve.compiler.directory_layout import GRAPHS_DIR
 from bucketserve.compiler.graph_specs import GraphSpec
-from bucketserve.compiler.layout import GRAPHS_DIR
 from bucketserve.compiler.packed_weights import (
     GEMM_TEMPLATE_CONFIGS,
     PackedWeightError,

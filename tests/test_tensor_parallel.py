@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from bucketserve import LLM, AutoModelForCausalLM, SamplingParams
-from bucketserve.runtime.tp_runner import TensorParallelError
+from bucketserve.runtime.executor import TensorParallelError
 
 GREEDY = SamplingParams(temperature=0.0, max_tokens=16, ignore_eos=True)
 PROMPTS = ["The river ran", "Stars at night", "Bread and salt", "A glass of water"]
@@ -33,7 +33,7 @@ def test_tp2_greedy_tokens_equal_tp1_in_every_bucket(tp2_eager_dir, tp1_eager_di
             assert got == want, n
         steps = tp2.get_stats()["decode_steps_per_decoder"]
         assert steps[1] > 0 and steps[4] > 0
-    assert all(w.exitcode == 0 for w in tp2.model.runner.workers)
+    assert all(w.exitcode == 0 for w in tp2.model.executor.workers)
 
 
 def test_manifest_records_the_rank_count_and_a_mismatch_is_an_error(tp2_eager_dir):
@@ -48,17 +48,17 @@ def test_manifest_records_the_rank_count_and_a_mismatch_is_an_error(tp2_eager_di
 
 def test_killed_worker_fails_the_call_clearly_and_a_new_llm_works(tp2_eager_dir):
     llm = LLM(model=str(tp2_eager_dir))
-    runner = llm.model.runner
-    local_decode = runner.local.decode
+    executor = llm.model.executor
+    local_decode = executor.driver.decode
     calls = []
 
     def decode_then_lose_the_worker(*args):
         calls.append(1)
         if len(calls) == 3:  # mid-generation, while rank 0 is about to all-reduce with it
-            os.kill(runner.workers[0].pid, signal.SIGKILL)
+            os.kill(executor.workers[0].pid, signal.SIGKILL)
         return local_decode(*args)
 
-    runner.local.decode = decode_then_lose_the_worker
+    executor.driver.decode = decode_then_lose_the_worker
     started = time.monotonic()
     with pytest.raises(TensorParallelError, match="create a new LLM"):
         llm.generate(PROMPTS[:2], GREEDY, use_tqdm=False)
@@ -82,13 +82,13 @@ def test_a_second_tensor_parallel_llm_is_refused_and_leaves_the_first_working(tp
 
 def test_an_interrupted_call_closes_the_model_instead_of_leaving_the_ranks_out_of_step(tp2_eager_dir):
     llm = LLM(model=str(tp2_eager_dir))
-    runner = llm.model.runner
-    workers = list(runner.workers)
+    executor = llm.model.executor
+    workers = list(executor.workers)
 
     def interrupted(*args):  # as a Ctrl-C landing after the workers started the call, between two all-reduces
         raise KeyboardInterrupt
 
-    runner.local.prefill_batch = interrupted  # the engine prefills through prefill_batch
+    executor.driver.prefill_batch = interrupted  # the engine prefills through prefill_batch
     with pytest.raises(KeyboardInterrupt):
         llm.generate(PROMPTS[:1], GREEDY, use_tqdm=False)
     assert all(w.process.wait(10) is not None for w in workers)
@@ -100,11 +100,11 @@ def test_an_interrupted_call_closes_the_model_instead_of_leaving_the_ranks_out_o
 
 def test_workers_exit_on_close_and_on_garbage_collection(tp2_eager_dir):
     llm = LLM(model=str(tp2_eager_dir))
-    workers = list(llm.model.runner.workers)
+    workers = list(llm.model.executor.workers)
     llm.close()
     assert [w.process.wait(10) for w in workers] == [0]
     llm = LLM(model=str(tp2_eager_dir))
-    workers = list(llm.model.runner.workers)
+    workers = list(llm.model.executor.workers)
     del llm
     gc.collect()
     assert [w.process.wait(10) for w in workers] == [0]

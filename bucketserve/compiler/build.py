@@ -14,21 +14,19 @@ from ..checkpoints.base import Checkpoint
 from ..checkpoints.safetensors_checkpoint import SINGLE_FILE
 from ..config import CompileConfig
 from ..kernels import library
-from ..models.llama import LlamaForCausalLM
+from ..models.llama import PagedCausalLM
 from ..quantization.checkpoint_state import describe_plan
 from ..quantization.transform import is_quantized
-from ..runtime.kv_cache import KVCache
-from ..runtime.weights import weights_to_save
 from . import aoti
-from .graph_specs import GraphSpec, decoder_specs, graph_constants, prefill_spec
-from .layout import GRAPHS_DIR, rank_dir
+from .directory_layout import GRAPHS_DIR, rank_dir
+from .graph_specs import GraphSpec, cache_shape, decoder_specs, graph_constants, prefill_spec
 from .manifest import write_manifest
 from .packed_weights import block_sizes_by_shape
 
 logger = logging.getLogger(__name__)
 
 def build_compiled_directory(
-    checkpoint: Checkpoint, out_dir: Path, model: LlamaForCausalLM, compile_config: CompileConfig
+    checkpoint: Checkpoint, out_dir: Path, model: PagedCausalLM, compile_config: CompileConfig
 ) -> None:
     """The whole directory for tensor_parallel_size 1: shared files, weights, graphs, manifest."""
     compile_seconds = write_rank_files(checkpoint, out_dir, model, compile_config, rank=0, world_size=1)
@@ -44,7 +42,7 @@ def quantized_tensors(checkpoint: Checkpoint, compile_config: CompileConfig, tie
 
 
 def write_rank_files(
-    checkpoint: Checkpoint, out_dir: Path, model: LlamaForCausalLM, compile_config: CompileConfig, rank: int,
+    checkpoint: Checkpoint, out_dir: Path, model: PagedCausalLM, compile_config: CompileConfig, rank: int,
     world_size: int, compile_graphs: bool = True,
 ) -> dict[str, float]:
     """One rank's weights and (unless compile_graphs is False) graphs; rank 0 also writes the shared files.
@@ -62,7 +60,8 @@ def write_rank_files(
         return compile_seconds
     (target / GRAPHS_DIR).mkdir(exist_ok=True)
     # A cache to trace against; graphs take the runtime's own cache as an input later.
-    kv_cache = KVCache(model, compile_config, model.model.norm.weight.device).tensor
+    kv_cache = torch.zeros(cache_shape(model, compile_config), dtype=compile_config.kv_cache_torch_dtype,
+                           device=model.model.norm.weight.device)
     decoders = decoder_specs(model, compile_config, kv_cache)
     prefix = "" if world_size == 1 else f"rank{rank}/"
     with tqdm(total=len(decoders) + 1, desc="compiling graphs", unit="graph", disable=rank != 0) as bar:
@@ -86,9 +85,15 @@ def write_rank_files(
     return compile_seconds
 
 
-def calls_quantized_kernel(model: LlamaForCausalLM, kv_cache) -> bool:
+def weights_to_save(model: PagedCausalLM) -> dict[str, torch.Tensor]:
+    """The state dict with a tied lm_head stored once (as HF does), contiguous for safetensors."""
+    state = {name: p.detach().contiguous() for name, p in model.named_parameters()}
+    return state
+
+
+def calls_quantized_kernel(model: PagedCausalLM, kv_cache) -> bool:
     """Whether the graphs of a quantized model were traced through torch.ops.bucketserve.quantized_linear
-    (models.projections.quantized_linear: fp32 on the CPU, where this process has the op)."""
+    (quantization.quantized_gemm.quantized_linear: fp32 on the CPU, where this process has the op)."""
     return (is_quantized(model) and kv_cache.device.type == "cpu" and model.model.norm.weight.dtype == torch.float32
             and "quantized_linear" in library.registered_ops())
 

@@ -11,7 +11,7 @@ from torch import nn
 
 from ..config import CompileConfig
 from ..kernels import library
-from ..models.llama import DecoderGraph, LlamaForCausalLM, PrefillGraph
+from ..models.llama import DecoderGraph, PagedCausalLM, PrefillGraph
 from ..models.projections import COMPILED_CPU_DECODE, COMPILED_DECODE, GraphForm, kernel_decode_form
 from ..quantization.transform import is_quantized
 from .packed_weights import FOLD_CONFIGS, GEMM_TEMPLATE_CONFIGS, uses_blocked_gemm
@@ -47,6 +47,13 @@ class GraphSpec:
     inductor_configs: dict = field(default_factory=dict)  # on top of aoti.INDUCTOR_CONFIGS
 
 
+def cache_shape(model: PagedCausalLM, compile_config: CompileConfig) -> tuple[int, ...]:
+    """[layers, 2 (k, v), slots, kv heads, head dim]; the KV heads are the model's own (a TP shard has fewer)."""
+    num_slots = compile_config.kvcache_num_blocks * compile_config.kvcache_block_size
+    attention = model.model.layers[0].self_attn
+    return (len(model.model.layers), 2, num_slots, attention.num_kv_heads, attention.head_dim)
+
+
 def _shared_inputs(compile_config: CompileConfig, kv_cache: torch.Tensor):
     """ids(*shape), the free context length and context_positions: what every graph's inputs are built from."""
     device = kv_cache.device
@@ -68,7 +75,7 @@ def attention_kernel_reads(kv_cache_dtype: torch.dtype) -> bool:
     return kv_cache_dtype in ATTENTION_KERNEL_KV_DTYPES
 
 
-def decoder_specs(model: LlamaForCausalLM, compile_config: CompileConfig, kv_cache: torch.Tensor) -> list[GraphSpec]:
+def decoder_specs(model: PagedCausalLM, compile_config: CompileConfig, kv_cache: torch.Tensor) -> list[GraphSpec]:
     """One graph per decoder batch size; their shapes are fixed by it, but for the context length.
 
     A decoder's projections are GEMMs of a few rows over weights reordered into blocks of rows
@@ -100,7 +107,7 @@ def decoder_specs(model: LlamaForCausalLM, compile_config: CompileConfig, kv_cac
 
 
 def prefill_spec(
-    model: LlamaForCausalLM, compile_config: CompileConfig, kv_cache: torch.Tensor, block_sizes: dict[tuple[int, int], int]
+    model: PagedCausalLM, compile_config: CompileConfig, kv_cache: torch.Tensor, block_sizes: dict[tuple[int, int], int]
 ) -> GraphSpec:
     """The prefill graph, whose projections read every weight the decoders reordered in that same blocked
     layout (block_sizes, by weight shape: packed_weights.block_sizes_by_shape), so the model holds one copy."""

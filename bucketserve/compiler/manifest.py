@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from ..checkpoints.file_digest import sha256_of
-from .layout import other_rank_file, rank_dir
+from .directory_layout import other_rank_file, rank_dir
 
 MANIFEST = "bucketserve_manifest.json"
 # 2: decoder graphs take context_positions, of any length up to max_seq_len

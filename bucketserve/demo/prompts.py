@@ -20,6 +20,7 @@ LARGE_BATCH_CONVERSATIONS = [
     [{"role": "user", "content": "How does the internet work?"}],
     [{"role": "user", "content": "What is sustainable development?"}],
 ]
+CHAT_QUESTIONS = ["What is the capital of France?", "What is 2 + 2?", "Name the three primary colors."]  # `bucketserve demo`'s
 CONVERSATION_GROUPS = {
     "small": SMALL_BATCH_CONVERSATIONS,
     "medium": MEDIUM_BATCH_CONVERSATIONS,

@@ -1,6 +1,6 @@
 """The step loop: one decode step for the running sequences on the smallest decoder that fits, then one
 batched prefill of the scheduled prompt chunks (their cached prefixes skipped); sample, detokenize, check
-stops, free finished sequences at once."""
+stops, free finished sequences at once. The device work of a step is one executor call (runtime/executor.py)."""
 from __future__ import annotations
 
 import itertools
@@ -9,7 +9,9 @@ from dataclasses import dataclass
 
 import torch
 
-from ..modeling import BucketModelForCausalLM
+from ..models.vocabulary import check_token_ids
+from ..runtime.executor import Executor
+from ..runtime.step import DecodeRows, PrefillChunks, PrefillOutput, StepInput
 from .block_manager import BlockManager
 from .detokenizer import Detokenizer, special_token_ids
 from .outputs import RequestOutput
@@ -29,18 +31,18 @@ class EngineConfig:
 
 
 class LLMEngine:
-    def __init__(self, model: BucketModelForCausalLM, tokenizer, config: EngineConfig):
-        self.model = model
+    def __init__(self, executor: Executor, tokenizer, config: EngineConfig):
+        self.executor = executor
         self.tokenizer = tokenizer
         self.config = config
-        compiled = model.compile_config
+        compiled = executor.compile_config
         self.block_manager = BlockManager(compiled.kvcache_num_blocks, compiled.kvcache_block_size,
                                           config.enable_prefix_caching)
         self.scheduler = Scheduler(config.max_num_seqs, config.max_num_batched_tokens, self.block_manager)
-        self.eos_token_ids = _eos_token_ids(model, tokenizer)
+        self.eos_token_ids = _eos_token_ids(executor, tokenizer)
         self.sampler = Sampler(self.eos_token_ids, self._decode_token)
         self.special_ids = special_token_ids(tokenizer)
-        self.vocab_size = model.model_config.vocab_size
+        self.vocab_size = executor.model_config.vocab_size
         self.requests: dict[str, Request] = {}
         self._request_counter = itertools.count()
         self.last_decoder_batch_size: int | None = None
@@ -60,9 +62,7 @@ class LLMEngine:
                 f"the prompt has {len(prompt_token_ids)} tokens, which leaves no room to generate within "
                 f"max_model_len {self.config.max_model_len}; shorten it to at most {self.config.max_model_len - 1} tokens"
             )
-        bad = [t for t in prompt_token_ids if not (isinstance(t, int) and 0 <= t < self.vocab_size)]
-        if bad:
-            raise ValueError(f"prompt token ids {bad[:5]} are outside the vocabulary [0, {self.vocab_size})")
+        check_token_ids(prompt_token_ids, self.vocab_size, "prompt token ids")
 
     def add_request(self, request_id: str, prompt: str | None, prompt_token_ids: list[int],
                     params: SamplingParams, arrival_time: float | None = None) -> None:
@@ -101,20 +101,17 @@ class LLMEngine:
         plan = self.scheduler.schedule()
         now = time.time()
         touched: dict[str, Request] = {}
+        want_hidden = [self._wants_prompt_logprobs(chunk) for chunk in plan.prefills]
+        # The hot path: N running sequences -> the smallest compiled decoder B >= N; then the prompt chunks.
+        ran = self.executor.call("execute", StepInput(_decode_rows(plan.decodes), _prefill_chunks(plan.prefills, want_hidden)))
         if plan.decodes:
-            # The hot path: N running sequences -> the smallest compiled decoder B >= N.
-            logits = self.model.decode(
-                [seq.last_token_id for seq in plan.decodes],
-                [seq.num_tokens - 1 for seq in plan.decodes],
-                [seq.block_table for seq in plan.decodes],
-            )
-            self.last_decoder_batch_size = self.model.decoder_batch_size_for(len(plan.decodes))
-            for seq, sample in zip(plan.decodes, self.sampler(logits, plan.decodes), strict=True):
+            self.last_decoder_batch_size = ran.decoder_batch_size
+            for seq, sample in zip(plan.decodes, self.sampler(ran.decode_logits, plan.decodes), strict=True):
                 seq.num_computed_tokens = seq.num_tokens
                 self.block_manager.register_computed(seq)
                 self._append(seq, sample, touched)
         if plan.prefills:
-            self._prefill(plan.prefills, now, touched)
+            self._prefilled(plan.prefills, ran.prefills, want_hidden, now, touched)
         outputs = []
         for request_id, request in touched.items():
             outputs.append(request.output(streaming))
@@ -123,16 +120,10 @@ class LLMEngine:
                 del self.requests[request_id]
         return outputs
 
-    def _prefill(self, chunks: list[PrefillChunk], now: float, touched: dict[str, Request]) -> None:
-        """One batched prefill of every scheduled chunk (one row each); a chunk that ends a prompt samples
+    def _prefilled(self, chunks: list[PrefillChunk], results: list[PrefillOutput], want_hidden: list[bool], now: float,
+                   touched: dict[str, Request]) -> None:
+        """After one batched prefill of every scheduled chunk (one row each): a chunk that ends a prompt samples
         its first token."""
-        want_hidden = [self._wants_prompt_logprobs(chunk) for chunk in chunks]
-        results = self.model.prefill_batch(
-            [chunk.seq.token_ids[chunk.start : chunk.start + chunk.num_tokens] for chunk in chunks],
-            [chunk.seq.block_table for chunk in chunks],
-            [chunk.start for chunk in chunks],
-            want_hidden,
-        )
         finished_prompts = []
         for chunk, result, hidden_wanted in zip(chunks, results, want_hidden, strict=True):
             seq, request = chunk.seq, self.requests[chunk.seq.request_id]
@@ -169,7 +160,7 @@ class LLMEngine:
         last = min(start + hidden.shape[0], len(prompt) - 1)  # hidden states before the last prompt token
         if first >= last:
             return
-        logprobs = torch.log_softmax(self.model.compute_logits(hidden[first - start : last - start]), dim=-1)
+        logprobs = torch.log_softmax(self.executor.call("compute_logits", hidden[first - start : last - start]), dim=-1)
         request.prompt_logprobs.extend(
             position_logprobs(logprobs[i - first], prompt[i + 1], seq.params.prompt_logprobs, self._decode_token)
             for i in range(first, last)
@@ -204,7 +195,7 @@ class LLMEngine:
 
     # ---- what ran ----
     def get_stats(self) -> dict:
-        runner = self.model.runner
+        runner = self.executor.driver  # counts the decoder steps it ran since load
         return {
             "decode_steps_per_decoder": dict(runner.decode_steps_per_decoder),
             "padded_rows": runner.padded_rows,
@@ -221,12 +212,26 @@ class LLMEngine:
         }
 
 
-def _eos_token_ids(model: BucketModelForCausalLM, tokenizer) -> set[int]:
+def _decode_rows(seqs: list[Sequence]) -> DecodeRows | None:
+    if not seqs:
+        return None
+    return DecodeRows([seq.last_token_id for seq in seqs], [seq.num_tokens - 1 for seq in seqs],
+                      [seq.block_table for seq in seqs])
+
+
+def _prefill_chunks(chunks: list[PrefillChunk], want_hidden: list[bool]) -> PrefillChunks | None:
+    if not chunks:
+        return None
+    return PrefillChunks([chunk.seq.token_ids[chunk.start : chunk.start + chunk.num_tokens] for chunk in chunks],
+                         [chunk.seq.block_table for chunk in chunks], [chunk.start for chunk in chunks], want_hidden)
+
+
+def _eos_token_ids(executor: Executor, tokenizer) -> set[int]:
     import json
 
     ids: set[int] = set()
     for name in ("generation_config.json", "config.json"):
-        path = model.directory / name
+        path = executor.directory / name
         if path.is_file():
             eos = json.loads(path.read_text()).get("eos_token_id")
             ids.update([eos] if isinstance(eos, int) else (eos or []))

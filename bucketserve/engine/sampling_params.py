@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..models.vocabulary import check_token_ids
+
 GREEDY_EPSILON = 1e-5
 # torch.Generator.manual_seed's range; choice i of a request is seeded with seed + i.
 SEED_RANGE = (-(1 << 63), (1 << 64) - 1)
@@ -64,9 +66,10 @@ class SamplingParams:
                 raise SamplingParamsError(name, f"SamplingParams.{name} {count} is more than the vocabulary's "
                                                 f"{vocab_size} tokens; use -1 for all of them")
         for name, ids in (("stop_token_ids", self.stop_token_ids), ("logit_bias", list(self.logit_bias or {}))):
-            outside = [t for t in ids if t >= vocab_size]
-            if outside:
-                raise SamplingParamsError(name, f"{name} token ids {outside[:5]} are outside the vocabulary [0, {vocab_size})")
+            try:
+                check_token_ids(ids or (), vocab_size, f"{name} token ids")
+            except ValueError as error:
+                raise SamplingParamsError(name, str(error)) from None
 
     @property
     def stop_strings(self) -> list[str]:

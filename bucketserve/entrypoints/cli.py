@@ -67,7 +67,7 @@ def _chat(args) -> None:
 
 
 def _demo(args) -> None:
-    from ..demo.run import run_demo
+    from .demo_command import run_demo
 
     run_demo(args.cache_dir, recompile=args.recompile, use_random=args.random)
 

@@ -57,7 +57,7 @@ class LLM:
             max_model_len=max_model_len,
             enable_prefix_caching=bool(enable_prefix_caching),
         )
-        self.llm_engine = LLMEngine(self.model, self.tokenizer, config)
+        self.llm_engine = LLMEngine(self.model.executor, self.tokenizer, config)
 
     def close(self) -> None:
         """Stop tensor-parallel workers; the LLM cannot generate afterwards. (Also done on garbage collection.)"""
@@ -85,9 +85,13 @@ class LLM:
                  use_tqdm: bool = True) -> list[RequestOutput]:
         """Under torchrun every rank calls this with the same script: rank 0 schedules its own prompts, the other
         ranks run its steps, and every rank returns rank 0's outputs."""
-        return self.model.run_on_every_rank(lambda: self._generate(prompts, sampling_params, use_tqdm))
+        with self.model.executor.script_call() as script:
+            if script.runs_here:
+                script.result = self._run(self._add_requests(prompts, sampling_params), use_tqdm)
+        return script.result
 
-    def _generate(self, prompts, sampling_params, use_tqdm: bool) -> list[RequestOutput]:
+    def _add_requests(self, prompts, sampling_params) -> list[str]:
+        """Every prompt checked first, then all added; returns their request ids."""
         items = _as_prompt_list(prompts)
         params = _params_per_prompt(sampling_params, len(items))
         encoded = [self._encode(item) for item in items]
@@ -103,13 +107,15 @@ class LLM:
             for request_id in ids:
                 self.llm_engine.abort_request(request_id)
             raise
-        return self._run(ids, use_tqdm)
+        return ids
 
     def chat(self, messages, sampling_params=None, use_tqdm: bool = True, chat_template: str | None = None,
              add_generation_prompt: bool = True) -> list[RequestOutput]:
         """Under torchrun, as generate: every rank returns rank 0's outputs."""
-        return self.model.run_on_every_rank(
-            lambda: self._chat(messages, sampling_params, use_tqdm, chat_template, add_generation_prompt))
+        with self.model.executor.script_call() as script:
+            if script.runs_here:
+                script.result = self._chat(messages, sampling_params, use_tqdm, chat_template, add_generation_prompt)
+        return script.result
 
     def _chat(self, messages, sampling_params, use_tqdm, chat_template, add_generation_prompt) -> list[RequestOutput]:
         conversations = [messages] if messages and isinstance(messages[0], dict) else list(messages)
@@ -119,7 +125,7 @@ class LLM:
                                                       add_generation_prompt=add_generation_prompt)
             # The template writes the special tokens (BOS included) itself: encoding must not add them again.
             prompts.append({"prompt": text, "prompt_token_ids": self.tokenizer.encode(text, add_special_tokens=False)})
-        return self._generate(prompts, sampling_params, use_tqdm)
+        return self._run(self._add_requests(prompts, sampling_params), use_tqdm)
 
     def get_stats(self) -> dict:
         return self.llm_engine.get_stats()
@@ -134,12 +140,19 @@ class LLM:
         raise TypeError(f"a prompt must be a str or a dict with 'prompt' or 'prompt_token_ids', got {type(item).__name__}")
 
     def _run(self, request_ids: list[str], use_tqdm: bool) -> list[RequestOutput]:
+        """Step the engine until every request of this call finished (steps in this frame: the hot path's
+        depth is counted in docs/ARCHITECTURE.md)."""
         engine = self.llm_engine
         finished: dict[str, RequestOutput] = {}
-        bar = tqdm(total=len(request_ids), desc="Processed prompts", dynamic_ncols=True, disable=not use_tqdm)
-        with bar:
+        speed = _Speed()
+        with tqdm(total=len(request_ids), desc="Processed prompts", dynamic_ncols=True, disable=not use_tqdm) as bar:
             try:
-                self._step_until_done(finished, bar)
+                while engine.has_unfinished_requests():
+                    for out in engine.step():
+                        if out.finished:
+                            finished[out.request_id] = out
+                            bar.update(1)
+                            bar.set_postfix_str(speed.add(out))
             finally:
                 # On an error (or Ctrl-C) leave nothing of this call running in the engine.
                 for request_id in request_ids:
@@ -147,21 +160,18 @@ class LLM:
                         engine.abort_request(request_id)
         return [finished[i] for i in request_ids]
 
-    def _step_until_done(self, finished: dict[str, RequestOutput], bar) -> None:
-        engine = self.llm_engine
-        started, prompt_tokens, output_tokens = time.perf_counter(), 0, 0
-        while engine.has_unfinished_requests():
-            for out in engine.step():
-                if not out.finished:
-                    continue
-                finished[out.request_id] = out
-                bar.update(1)
-                prompt_tokens += len(out.prompt_token_ids)
-                output_tokens += sum(len(c.token_ids) for c in out.outputs)
-                elapsed = time.perf_counter() - started
-                bar.set_postfix_str(
-                    f"est. speed input: {prompt_tokens / elapsed:.2f} toks/s, output: {output_tokens / elapsed:.2f} toks/s"
-                )
+
+class _Speed:
+    """tqdm's postfix: input and output tokens per second of the finished requests so far."""
+
+    def __init__(self):
+        self.started, self.prompt_tokens, self.output_tokens = time.perf_counter(), 0, 0
+
+    def add(self, out: RequestOutput) -> str:
+        self.prompt_tokens += len(out.prompt_token_ids)
+        self.output_tokens += sum(len(c.token_ids) for c in out.outputs)
+        elapsed = time.perf_counter() - self.started
+        return f"est. speed input: {self.prompt_tokens / elapsed:.2f} toks/s, output: {self.output_tokens / elapsed:.2f} toks/s"
 
 
 def _as_token_id(token):

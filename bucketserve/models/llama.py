@@ -22,11 +22,29 @@ from .projections import EAGER, GraphForm
 
 
 class Linear(nn.Linear):
-    """nn.Linear that multiplies in the form its graph is written in (models/projections.py)."""
+    """nn.Linear that multiplies in the form its graph is written in (models/projections.py). The quantized
+    form (quantization/modules.QuantizedLinear) has the same methods, so a transform treats both alike
+    (tensor_parallel.ShardableLinear)."""
 
     def forward(self, x: torch.Tensor, form: GraphForm = EAGER) -> torch.Tensor:
-        out = form.project(x, self.weight)
+        out = self.multiply(x, form)
         return out if self.bias is None else out + self.bias
+
+    def multiply(self, x: torch.Tensor, form: GraphForm = EAGER) -> torch.Tensor:
+        """x @ weight.T, without the bias."""
+        return form.project(x, self.weight)
+
+    def take_rows(self, start: int, stop: int) -> None:
+        """Keep output rows [start, stop) (a copy, so the full tensor can be freed)."""
+        self.weight = nn.Parameter(self.weight[start:stop].clone(), requires_grad=False)
+        if self.bias is not None:
+            self.bias = nn.Parameter(self.bias[start:stop].clone(), requires_grad=False)
+        self.out_features = stop - start
+
+    def take_inputs(self, start: int, stop: int) -> None:
+        """Keep inputs [start, stop) of every row (a copy); the bias stays whole."""
+        self.weight = nn.Parameter(self.weight[:, start:stop].clone(), requires_grad=False)
+        self.in_features = stop - start
 
     def tie_to(self, embedding: nn.Embedding) -> None:
         """Use the embedding's weight as this layer's (tie_word_embeddings): one tensor for both."""
@@ -192,7 +210,7 @@ class DecoderLayer(nn.Module):
 
 
 class Backbone(nn.Module):
-    """Named `model` inside LlamaForCausalLM so parameter names match HF checkpoints."""
+    """Named `model` inside PagedCausalLM so parameter names match HF checkpoints."""
 
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -201,7 +219,10 @@ class Backbone(nn.Module):
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
 
-class LlamaForCausalLM(nn.Module):
+class PagedCausalLM(nn.Module):
+    """The Llama-family causal LM over the paged KV cache, HF's parameter names (not the user's class of that
+    name, modeling.LlamaForCausalLM, which compiles and serves one of these)."""
+
     def __init__(self, config: ModelConfig, max_seq_len: int, block_size: int):
         super().__init__()
         self.config = config
@@ -261,7 +282,7 @@ class PrefillGraph(nn.Module):
     positions are read from its blocks like a decode step's.
     """
 
-    def __init__(self, model: LlamaForCausalLM, form: GraphForm = EAGER):
+    def __init__(self, model: PagedCausalLM, form: GraphForm = EAGER):
         super().__init__()
         self.model = model
         self.form = form
@@ -290,7 +311,7 @@ class DecoderGraph(nn.Module):
     the eager engine keeps SDPA and dense_linear. All compute the same function.
     """
 
-    def __init__(self, model: LlamaForCausalLM, form: GraphForm = EAGER):
+    def __init__(self, model: PagedCausalLM, form: GraphForm = EAGER):
         super().__init__()
         self.model = model
         self.form = form

@@ -8,15 +8,12 @@
   projection weight once, in the blocked layout, and never reads the plain one after loading.
 - torch.ops.bucketserve.blocked_linear: the compiled CPU fp32 decode steps' where our kernel library builds
   for AVX-512 (kernels/blocked_linear.cpp), over the same blocked layout; it replaces the template there.
-- quantized_linear: every form's, for a weight in the packed int8 / int4 layout (quantization/layout.py).
+A quantized weight multiplies through quantization/quantized_gemm.py instead, the same in every form.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-
-from ..kernels import library
-from ..quantization.layout import PackedWeight, reference_linear
 
 
 def dense_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -29,18 +26,6 @@ def dense_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     if x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32 and torch.backends.mkldnn.is_available():
         return torch.ops.mkldnn._linear_pointwise(x, weight, None, "none", [None], "")
     return F.linear(x, weight)
-
-
-def quantized_linear(x: torch.Tensor, packed: PackedWeight) -> torch.Tensor:
-    """x @ dequantize(packed).T: torch.ops.bucketserve.quantized_linear (kernels/quantized_linear.cpp), which
-    dequantizes in registers, where this process has it and x is fp32 on the CPU; else the plain-torch reference
-    (dequantize, then matmul: CUDA, bf16, machines where the library does not build), whose float weight is a
-    temporary of the call, never kept."""
-    n, k = packed.shape
-    if x.device.type == "cpu" and x.dtype == torch.float32 and "quantized_linear" in library.registered_ops():
-        out = torch.ops.bucketserve.quantized_linear(x.reshape(-1, k), packed.qweight, packed.scales, packed.mins, n, k)
-        return out.view(*x.shape[:-1], n)
-    return reference_linear(x, packed).to(x.dtype)
 
 
 def blocked_linear(x: torch.Tensor, weight: torch.Tensor, block_n: int) -> torch.Tensor:
@@ -90,10 +75,6 @@ class GraphForm:
         if block_n is not None:
             return blocked_linear(x, weight, block_n)
         return F.linear(x, weight) if self.compiler_gemm else dense_linear(x, weight)
-
-    def project_quantized(self, x: torch.Tensor, packed: PackedWeight) -> torch.Tensor:
-        """x @ weight.T for a packed weight: the same GEMM in every form (quantized_linear)."""
-        return quantized_linear(x, packed)
 
 
 EAGER = GraphForm()

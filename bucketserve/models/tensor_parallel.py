@@ -11,20 +11,32 @@ multiple of them), each KV head is replicated on the ranks whose query heads use
 """
 from __future__ import annotations
 
+import functools
+from typing import Protocol
+
 import torch
 import torch.distributed as dist
 from torch import nn
 
-from ..quantization.layout import GROUP
-from ..quantization.modules import QuantizedLinear
 from .config import ModelConfig
-from .llama import LlamaForCausalLM
+from .llama import PagedCausalLM
 from .projections import EAGER, GraphForm
 
 
-def check_shardable(config: ModelConfig, world_size: int, quantized: bool = False) -> None:
+class ShardableLinear(Protocol):
+    """What a projection offers this transform: the float Linear (llama.py) and the quantized one
+    (quantization/modules.py) alike, so sharding needs no type checks."""
+
+    bias: torch.Tensor | None
+
+    def multiply(self, x: torch.Tensor, form: GraphForm = EAGER) -> torch.Tensor: ...  # x @ weight.T, no bias
+    def take_rows(self, start: int, stop: int) -> None: ...  # keep output rows [start, stop)
+    def take_inputs(self, start: int, stop: int) -> None: ...  # keep inputs [start, stop) of every row
+
+
+def check_shardable(config: ModelConfig, world_size: int, quantization_group: int | None = None) -> None:
     """Raise ValueError, naming the numbers, unless `config` splits evenly over `world_size` ranks (and, for
-    quantized weights, o_proj's and down_proj's inputs split at whole groups of GROUP)."""
+    quantized weights, o_proj's and down_proj's inputs split at whole groups of quantization_group inputs)."""
     heads, kv_heads = config.num_attention_heads, config.num_key_value_heads
     if heads % world_size:
         raise ValueError(
@@ -40,13 +52,14 @@ def check_shardable(config: ModelConfig, world_size: int, quantized: bool = Fals
         raise ValueError(
             f"intermediate_size {config.intermediate_size} does not divide by tensor_parallel_size {world_size}"
         )
-    if quantized and world_size > 1:
+    if quantization_group is not None and world_size > 1:
         for what, size in (("o_proj", heads // world_size * config.head_dim),
                            ("down_proj", config.intermediate_size // world_size)):
-            if size % GROUP:
+            if size % quantization_group:
                 raise ValueError(
                     f"a rank's slice of {what}'s inputs ({size}) is not a multiple of the quantization group "
-                    f"({GROUP}), so its scales cannot be split; choose another tensor_parallel_size, or no quantization"
+                    f"({quantization_group}), so its scales cannot be split; choose another tensor_parallel_size, "
+                    "or no quantization"
                 )
 
 
@@ -54,51 +67,31 @@ def kv_heads_per_rank(config: ModelConfig, world_size: int) -> int:
     return max(1, config.num_key_value_heads // world_size)
 
 
-class AllReduceLinear(nn.Module):
-    """A linear layer split by input: each rank's partial product is summed over ranks, then the bias added."""
+class AllReduced:
+    """Put in front of a projection's class: its product over this rank's inputs is summed over the ranks, then
+    its bias added once."""
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None):
-        super().__init__()
-        self.weight = nn.Parameter(weight, requires_grad=False)
-        self.bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
-
-    def forward(self, x: torch.Tensor, form: GraphForm = EAGER) -> torch.Tensor:
+    def forward(self: ShardableLinear, x: torch.Tensor, form: GraphForm = EAGER) -> torch.Tensor:
         from torch.distributed import _functional_collectives as funcol
 
-        partial = form.project(x, self.weight)
-        out = funcol.all_reduce(partial, "sum", dist.group.WORLD)
+        out = funcol.all_reduce(self.multiply(x, form), "sum", dist.group.WORLD)
         return out if self.bias is None else out + self.bias
 
 
-class AllReduceQuantizedLinear(QuantizedLinear):
-    """AllReduceLinear over a packed weight (quantization/): the rank's whole groups of inputs."""
-
-    def forward(self, x: torch.Tensor, form: GraphForm = EAGER) -> torch.Tensor:
-        from torch.distributed import _functional_collectives as funcol
-
-        partial = form.project_quantized(x, self.packed)
-        out = funcol.all_reduce(partial, "sum", dist.group.WORLD)
-        return out if self.bias is None else out + self.bias
-
-
-def _rows(linear: nn.Module, start: int, stop: int) -> None:
-    """Keep output rows [start, stop) of a linear layer (a copy, so the full tensor can be freed)."""
-    if isinstance(linear, QuantizedLinear):
-        linear.take_rows(start, stop)
-        return
-    linear.weight = nn.Parameter(linear.weight[start:stop].clone(), requires_grad=False)
-    if linear.bias is not None:
-        linear.bias = nn.Parameter(linear.bias[start:stop].clone(), requires_grad=False)
-    linear.out_features = stop - start
+@functools.cache
+def _all_reduced(cls: type) -> type:
+    return type(f"AllReduce{cls.__name__}", (AllReduced, cls), {})
 
 
 def _split_by_input(linear: nn.Module, start: int, stop: int) -> nn.Module:
-    if isinstance(linear, QuantizedLinear):
-        return AllReduceQuantizedLinear(linear.input_slice(start, stop), None if linear.bias is None else linear.bias.clone())
-    return AllReduceLinear(linear.weight[:, start:stop].clone(), None if linear.bias is None else linear.bias.clone())
+    """Keep inputs [start, stop) and all-reduce the output. The layer changes class in place rather than being
+    wrapped, so its parameters keep their names (`o_proj.weight`, `o_proj.qweight`) in the rank's files."""
+    linear.take_inputs(start, stop)
+    linear.__class__ = _all_reduced(type(linear))
+    return linear
 
 
-def shard_model(model: LlamaForCausalLM, rank: int, world_size: int) -> LlamaForCausalLM:
+def shard_model(model: PagedCausalLM, rank: int, world_size: int) -> PagedCausalLM:
     """Turn a full model into rank `rank`'s shard of `world_size`, in place. Works on `meta` tensors too."""
     config = model.config
     check_shardable(config, world_size)
@@ -110,12 +103,12 @@ def shard_model(model: LlamaForCausalLM, rank: int, world_size: int) -> LlamaFor
     mlp = config.intermediate_size // world_size
     for layer in model.model.layers:
         attn = layer.self_attn
-        _rows(attn.q_proj, rank * heads * head_dim, (rank + 1) * heads * head_dim)
-        _rows(attn.k_proj, first_kv_head * head_dim, (first_kv_head + kv_heads) * head_dim)
-        _rows(attn.v_proj, first_kv_head * head_dim, (first_kv_head + kv_heads) * head_dim)
+        attn.q_proj.take_rows(rank * heads * head_dim, (rank + 1) * heads * head_dim)
+        attn.k_proj.take_rows(first_kv_head * head_dim, (first_kv_head + kv_heads) * head_dim)
+        attn.v_proj.take_rows(first_kv_head * head_dim, (first_kv_head + kv_heads) * head_dim)
         attn.o_proj = _split_by_input(attn.o_proj, rank * heads * head_dim, (rank + 1) * heads * head_dim)
         attn.num_heads, attn.num_kv_heads = heads, kv_heads
-        _rows(layer.mlp.gate_proj, rank * mlp, (rank + 1) * mlp)
-        _rows(layer.mlp.up_proj, rank * mlp, (rank + 1) * mlp)
+        layer.mlp.gate_proj.take_rows(rank * mlp, (rank + 1) * mlp)
+        layer.mlp.up_proj.take_rows(rank * mlp, (rank + 1) * mlp)
         layer.mlp.down_proj = _split_by_input(layer.mlp.down_proj, rank * mlp, (rank + 1) * mlp)
     return model

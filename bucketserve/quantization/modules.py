@@ -12,6 +12,7 @@ from torch import nn
 
 from ..models.projections import EAGER, GraphForm
 from .layout import BLOCK_N, GROUP, PackedWeight, padded_k
+from .quantized_gemm import quantized_linear
 from .slicing import columns, rows
 
 
@@ -59,7 +60,8 @@ class _Packed(nn.Module):
 
 
 class QuantizedLinear(_Packed):
-    """A Linear whose weight is packed (quantization/layout.py); the bias, if any, stays float."""
+    """A Linear whose weight is packed (quantization/layout.py); the bias, if any, stays float. It has the float
+    Linear's methods (models/tensor_parallel.ShardableLinear), so tensor parallelism shards either alike."""
 
     def __init__(self, packed: PackedWeight, bias: torch.Tensor | None = None):
         super().__init__(packed)
@@ -74,8 +76,12 @@ class QuantizedLinear(_Packed):
         return self.shape[1]
 
     def forward(self, x: torch.Tensor, form: GraphForm = EAGER) -> torch.Tensor:
-        out = form.project_quantized(x, self.packed)
+        out = self.multiply(x, form)
         return out if self.bias is None else out + self.bias
+
+    def multiply(self, x: torch.Tensor, form: GraphForm = EAGER) -> torch.Tensor:
+        """x @ weight.T without the bias: the same quantized GEMM in every form."""
+        return quantized_linear(x, self.packed)
 
     def tie_to(self, embedding: QuantizedEmbedding) -> None:
         """Share the embedding's packed tensors (tie_word_embeddings): one copy for both."""
@@ -87,9 +93,10 @@ class QuantizedLinear(_Packed):
         if self.bias is not None:
             self.bias = _frozen(self.bias[start:stop].clone())
 
-    def input_slice(self, start: int, stop: int) -> PackedWeight:
-        """Inputs [start, stop) of every row, re-packed (tensor parallelism: whole groups only)."""
-        return columns(self.packed, start, stop)
+    def take_inputs(self, start: int, stop: int) -> None:
+        """Keep inputs [start, stop) of every row, re-packed (tensor parallelism: whole groups only); the bias
+        stays whole."""
+        self._set(columns(self.packed, start, stop))
 
 
 class QuantizedEmbedding(_Packed):

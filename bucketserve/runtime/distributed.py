@@ -2,7 +2,7 @@
 
 Two ways to get tensor-parallel ranks:
 - spawned: `LLM(model=dir)` in a plain process is rank 0 and starts the other ranks itself, on this host, with a
-  process group on a free loopback port (tp_runner.py, worker_process.py);
+  process group on a free loopback port (tp_executor.py, worker_process.py);
 - env://: a launcher (torchrun, or anything that sets torch.distributed's RANK, WORLD_SIZE, MASTER_ADDR,
   MASTER_PORT, LOCAL_RANK) started one process per rank, possibly on several hosts; each joins the group the
   launcher describes (rank_launch.py).

@@ -3,15 +3,16 @@ from __future__ import annotations
 
 import torch
 
+from ..compiler.graph_specs import cache_shape
 from ..config import CompileConfig
-from ..models.llama import LlamaForCausalLM
+from ..models.llama import PagedCausalLM
 
 # Block 0 is never handed to a sequence: padding rows and padding tokens write and read only here.
 DUMMY_BLOCK = 0
 
 
 class KVCache:
-    def __init__(self, model: LlamaForCausalLM, compile_config: CompileConfig, device: torch.device):
+    def __init__(self, model: PagedCausalLM, compile_config: CompileConfig, device: torch.device):
         self.block_size = compile_config.kvcache_block_size
         self.num_blocks = compile_config.kvcache_num_blocks
         self.blocks_per_sequence = compile_config.blocks_per_sequence
@@ -48,9 +49,3 @@ class KVCache:
     def dummy_slot(self, offset: int = 0) -> int:
         return DUMMY_BLOCK * self.block_size + offset % self.block_size
 
-
-def cache_shape(model: LlamaForCausalLM, compile_config: CompileConfig) -> tuple[int, ...]:
-    """[layers, 2 (k, v), slots, kv heads, head dim]; the KV heads are the model's own (a TP shard has fewer)."""
-    num_slots = compile_config.kvcache_num_blocks * compile_config.kvcache_block_size
-    attention = model.model.layers[0].self_attn
-    return (len(model.model.layers), 2, num_slots, attention.num_kv_heads, attention.head_dim)

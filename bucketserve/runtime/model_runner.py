@@ -2,31 +2,26 @@
 from __future__ import annotations
 
 import bisect
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from ..compiler import aoti
+from ..compiler.directory_layout import GRAPHS_DIR
 from ..compiler.graph_specs import PREFILL, context_len_through, decoder_name, graph_constants, prefill_width
-from ..compiler.layout import GRAPHS_DIR
 from ..config import CompileConfig
 from ..kernels import library
 from ..models.config import ModelConfig
-from ..models.llama import DecoderGraph, LlamaForCausalLM, PrefillGraph
+from ..models.llama import DecoderGraph, PagedCausalLM, PrefillGraph
 from .kv_cache import DUMMY_BLOCK, KVCache
-
-
-@dataclass
-class PrefillOutput:
-    logits: torch.Tensor  # [vocab] fp32: the next-token logits after the prompt
-    hidden: torch.Tensor | None  # [prompt_len, hidden] final-norm states, when asked for (prompt logprobs)
+from .step import PrefillOutput, StepInput, StepOutput
 
 
 class ModelRunner:
-    rank = 0  # the one rank of a single-process model (tensor-parallel runners: rank_follower.py, tp_runner.py)
+    """One rank's device work. Its public methods are what an executor's call(method, *args) runs, on every
+    rank alike under tensor parallelism: a new one needs no edit anywhere else (runtime/executor.py)."""
 
-    def __init__(self, directory: Path, model: LlamaForCausalLM, compile_config: CompileConfig, device: torch.device):
+    def __init__(self, directory: Path, model: PagedCausalLM, compile_config: CompileConfig, device: torch.device):
         """directory: the folder holding this rank's graphs/ (the compiled directory itself without TP)."""
         self.compile_config = compile_config
         self.model_config: ModelConfig = model.config
@@ -72,6 +67,18 @@ class ModelRunner:
 
     def _tensor(self, values) -> torch.Tensor:
         return torch.tensor(values, dtype=torch.long).to(self.device)
+
+    def execute(self, step: StepInput) -> StepOutput:
+        """One engine step: the decode rows, then the prefill chunks."""
+        out = StepOutput()
+        if step.decode is not None:
+            rows = step.decode
+            out.decode_logits = self.decode(rows.input_ids, rows.positions, rows.block_tables)
+            out.decoder_batch_size = self.decoder_batch_size_for(len(rows.input_ids))
+        if step.prefill is not None:
+            chunks = step.prefill
+            out.prefills = self.prefill_batch(chunks.token_ids, chunks.block_tables, chunks.starts, chunks.return_hidden)
+        return out
 
     def prefill(self, token_ids: list[int], block_table: list[int], start: int = 0, return_hidden: bool = False) -> PrefillOutput:
         """Run token_ids (at positions start, start+1, ...) chunk by chunk into the sequence's blocks."""
@@ -126,9 +133,9 @@ class ModelRunner:
             if return_hidden[r]:
                 hidden[r].append(out_hidden[i, :n])
 
-    @torch.inference_mode()
     def decode(self, input_ids: list[int], positions: list[int], block_tables: list[list[int]]) -> torch.Tensor:
-        """One token for each of N sequences on the smallest decoder >= N; returns [N, vocab] fp32 logits."""
+        """One token for each of N sequences on the smallest decoder >= N; returns [N, vocab] fp32 logits.
+        (inference_mode as a block, not a decorator: the decorator is one more frame on the hot path.)"""
         num_seqs = len(input_ids)
         batch = self.decoder_batch_size_for(num_seqs)
         cache = self.kv_cache
@@ -136,14 +143,15 @@ class ModelRunner:
         slots = [cache.slot(t, p) for t, p in zip(block_tables, positions, strict=True)]
         padding = batch - num_seqs
         # Padding rows: token 0 at position 0 of the dummy block, which no sequence owns.
-        logits = self.decoders[batch](
-            self._tensor(list(input_ids) + [0] * padding),
-            self._tensor(list(positions) + [0] * padding),
-            self._tensor(slots + [cache.dummy_slot()] * padding),
-            self._tensor(tables + [[DUMMY_BLOCK] * cache.blocks_per_sequence] * padding),
-            self._context_positions(max(positions)),
-            cache.tensor,
-        )
+        with torch.inference_mode():
+            logits = self.decoders[batch](
+                self._tensor(list(input_ids) + [0] * padding),
+                self._tensor(list(positions) + [0] * padding),
+                self._tensor(slots + [cache.dummy_slot()] * padding),
+                self._tensor(tables + [[DUMMY_BLOCK] * cache.blocks_per_sequence] * padding),
+                self._context_positions(max(positions)),
+                cache.tensor,
+            )
         self.decode_steps_per_decoder[batch] += 1
         self.padded_rows += padding
         return logits[:num_seqs]
@@ -151,16 +159,6 @@ class ModelRunner:
     def _context_positions(self, last_position: int) -> torch.Tensor:
         """0, 1, ... as far as a call whose furthest token sits at last_position reads (a view, no copy)."""
         return self.model.context_positions[: context_len_through(last_position, self.compile_config.max_seq_len)]
-
-    def close(self) -> None:
-        """Nothing to release in-process; the tensor-parallel runner has workers to stop."""
-
-    def run_on_every_rank(self, call):
-        """One process, one rank: just the call (see TensorParallelRunner.run_on_every_rank)."""
-        return call()
-
-    def follow(self) -> None:
-        """No rank 0 to follow."""
 
     @torch.inference_mode()
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:

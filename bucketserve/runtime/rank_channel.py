@@ -22,7 +22,7 @@ from multiprocessing.connection import Connection
 
 import torch.distributed as dist
 
-from .tp_error import TensorParallelError
+from .executor import TensorParallelError
 
 HOST_ENV = "BUCKETSERVE_RANK0_HOST"
 TOKEN_BYTES = 32

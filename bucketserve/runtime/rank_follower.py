@@ -1,6 +1,6 @@
 """Ranks other than 0: run rank 0's calls in the order it sends them, so the all-reduces inside the graphs meet.
 
-Rank 0 sends ("prefill" | "prefill_batch" | "decode", args) before running each call itself. A rank launched by torchrun also
+Rank 0 sends ("call", (method, args)) before running each call itself: any ModelRunner method, by name. A rank launched by torchrun also
 runs the user's script, so rank 0 ends each of the script's calls (LLM.generate, LLM.chat, model.generate)
 with ("result", value) or ("error", exception), which that rank's same call returns or raises; ("stop", None)
 ends the model (rank 0 closed it).
@@ -10,15 +10,14 @@ from __future__ import annotations
 import logging
 import weakref
 from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import Any
 
 from . import distributed
-from .around_local import AroundLocalRunner
+from .executor import Executor, ScriptCall, TensorParallelError
 from .model_runner import ModelRunner
-from .tp_error import TensorParallelError
 
 logger = logging.getLogger(__name__)
-CALLS = ("prefill", "prefill_batch", "decode")  # TensorParallelRunner's calls that every rank runs
 GONE = "gone"  # rank 0 closed the connection: its process ended, or its host stopped answering
 
 
@@ -26,13 +25,14 @@ def follow_calls(conn: Connection, runner: ModelRunner, rank: int) -> tuple[str,
     """Run rank 0's calls until it sends anything else; returns that message, or (GONE, None)."""
     while True:
         try:
-            method, payload = conn.recv()
+            kind, payload = conn.recv()
         except (EOFError, OSError):
             return GONE, None
-        if method not in CALLS:
-            return method, payload
+        if kind != "call":
+            return kind, payload
+        method, args = payload
         try:
-            getattr(runner, method)(*payload)
+            getattr(runner, method)(*args)
         except (ValueError, TypeError) as err:  # a bad request: every rank refuses it alike, before any collective
             logger.debug("rank %d: %s refused: %s", rank, method, err)
         except Exception as err:  # a collective failed: a rank died, or a host did not answer within the timeout
@@ -42,22 +42,27 @@ def follow_calls(conn: Connection, runner: ModelRunner, rank: int) -> tuple[str,
             ) from err
 
 
-class FollowerRunner(AroundLocalRunner):
+class FollowerExecutor(Executor):
     """A launched rank other than 0: its own shard's graphs, run only when rank 0 says so."""
 
-    def __init__(self, local: ModelRunner, conn: Connection, rank: int):
-        self.local = local
+    runs_script_calls = False
+
+    def __init__(self, directory: Path, local: ModelRunner, conn: Connection, rank: int):
+        super().__init__(directory, local)
         self.conn = conn
         self.rank = rank
         self._stopped = [False]  # shared with the finalizer, which must not hold self
         self._finalizer = weakref.finalize(self, _close_following, local, conn, rank, self._stopped)
 
-    def run_on_every_rank(self, call):
-        """The script's call on this rank: run rank 0's graph calls until rank 0 ends the same call, and return
-        rank 0's result (or raise its error). `call` itself does not run here."""
+    def _script_ended(self, script: ScriptCall, error: BaseException | None) -> None:
+        """The script's call on this rank (its body did not run): run rank 0's graph calls until rank 0 ends the
+        same call, and return rank 0's result (or raise its error)."""
+        if error is not None:
+            return
         kind, payload = self._follow()
         if kind == "result":
-            return payload
+            script.result = payload
+            return
         if kind == "error":
             raise payload
         raise TensorParallelError(
@@ -74,7 +79,7 @@ class FollowerRunner(AroundLocalRunner):
         if not self._finalizer.alive:
             raise TensorParallelError(f"rank {self.rank}: this tensor-parallel model was closed; create a new one")
         try:
-            kind, payload = follow_calls(self.conn, self.local, self.rank)
+            kind, payload = follow_calls(self.conn, self.driver, self.rank)
         except BaseException:
             self._stopped[0] = True
             self.close()
@@ -84,17 +89,8 @@ class FollowerRunner(AroundLocalRunner):
             self.close()
         return kind, payload
 
-    def prefill(self, *args):
-        raise self._not_here("prefill")
-
-    def prefill_batch(self, *args):
-        raise self._not_here("prefill_batch")
-
-    def decode(self, *args):
-        raise self._not_here("decode")
-
-    def _not_here(self, method: str) -> TensorParallelError:
-        return TensorParallelError(
+    def call(self, method: str, *args):
+        raise TensorParallelError(
             f"rank {self.rank} runs {method} only when rank 0 does: call generate / chat on every rank (each returns "
             f"rank 0's outputs), or follow() to run rank 0's calls until it closes the model"
         )

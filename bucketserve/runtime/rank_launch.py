@@ -1,5 +1,6 @@
 """Tensor-parallel ranks a launcher started (torchrun, on one host or several): join its process group, load
-this rank's shard, and become rank 0's runner (TensorParallelRunner) or a rank that follows it (FollowerRunner).
+this rank's shard, and become rank 0's executor (TensorParallelExecutor) or a rank that follows it
+(FollowerExecutor).
 
     torchrun --nnodes 2 --nproc-per-node 1 --node-rank 0 --rdzv-endpoint HOST:PORT script.py   # on host 0
     torchrun --nnodes 2 --nproc-per-node 1 --node-rank 1 --rdzv-endpoint HOST:PORT script.py   # on host 1
@@ -21,12 +22,12 @@ from ..config import CompileConfig
 from ..models.config import ModelConfig
 from . import distributed
 from .distributed import RankPlacement
+from .executor import Executor, TensorParallelError
 from .model_runner import ModelRunner
 from .rank_channel import connect_to_rank0, listen_as_rank0
-from .rank_follower import FollowerRunner
+from .rank_follower import FollowerExecutor
 from .rank_loader import load_rank_runner
-from .tp_error import TensorParallelError
-from .tp_runner import READY_TIMEOUT_S, TensorParallelRunner
+from .tp_executor import READY_TIMEOUT_S, TensorParallelExecutor
 
 
 def check_world_size(placement: RankPlacement, compile_config: CompileConfig, directory: Path) -> None:
@@ -75,7 +76,7 @@ class LaunchedRank:
 
 
 def join_launched_ranks(directory: Path, placement: RankPlacement, compile_config: CompileConfig,
-                        model_config: ModelConfig, check_files: Callable[[int], None]) -> TensorParallelRunner | FollowerRunner:
+                        model_config: ModelConfig, check_files: Callable[[int], None]) -> Executor:
     """check_files(rank): raises, naming the file, when this host lacks a file that rank needs."""
     check_world_size(placement, compile_config, directory)
     distributed.die_with_launcher()
@@ -90,7 +91,7 @@ def join_launched_ranks(directory: Path, placement: RankPlacement, compile_confi
         if placement.rank == 0:
             peers = listen_as_rank0(placement.world_size, timeout)
             workers = [LaunchedRank(rank, conn) for rank, conn in sorted(peers.items())]
-            return TensorParallelRunner(workers, load_local, scripts_on_every_rank=True)
+            return TensorParallelExecutor(directory, workers, load_local, scripts_on_every_rank=True)
         conn = connect_to_rank0(placement.rank, timeout)
     except BaseException:
         distributed.destroy_process_group()
@@ -102,7 +103,7 @@ def join_launched_ranks(directory: Path, placement: RankPlacement, compile_confi
         conn.close()
         distributed.destroy_process_group()
         raise
-    return FollowerRunner(local, conn, placement.rank)
+    return FollowerExecutor(directory, local, conn, placement.rank)
 
 
 def _load_and_report(conn: Connection, load_local: Callable[[], ModelRunner]) -> ModelRunner:

@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..checkpoints.safetensors_checkpoint import map_safetensors
-from ..compiler.layout import rank_dir
+from ..compiler.directory_layout import rank_dir
 from ..config import CompileConfig
 from ..models.config import ModelConfig
 from .distributed import rank_device

@@ -12,7 +12,7 @@ import torch
 from ..checkpoints.base import Checkpoint
 from ..config import CompileConfig
 from ..models.config import ModelConfig
-from ..models.llama import LlamaForCausalLM
+from ..models.llama import PagedCausalLM
 from ..models.tensor_parallel import shard_model
 from ..quantization.checkpoint_state import quantized_state
 from ..quantization.transform import LM_HEAD, plan_of_state, quantize_model
@@ -46,7 +46,7 @@ def checkpoint_state(checkpoint: Checkpoint, compile_config: CompileConfig, mode
 def build_model(
     model_config: ModelConfig, compile_config: CompileConfig, state: dict[str, torch.Tensor], device: torch.device,
     shard: tuple[int, int] | None = None,
-) -> LlamaForCausalLM:
+) -> PagedCausalLM:
     """The model around `state`; with shard=(rank, world_size), rank's tensor-parallel shard (state is its shard).
     A state holding packed weights (`<module>.qweight`, ...) quantizes the model first (quantization/transform)."""
     dtype = getattr(torch, compile_config.dtype)
@@ -54,7 +54,7 @@ def build_model(
     if model_config.tie_word_embeddings:
         state = {k: v for k, v in state.items() if not k.startswith(LM_HEAD + ".")}
     with torch.device("meta"):
-        model = LlamaForCausalLM(model_config, compile_config.max_seq_len, compile_config.kvcache_block_size)
+        model = PagedCausalLM(model_config, compile_config.max_seq_len, compile_config.kvcache_block_size)
         plan = plan_of_state(state)
         if plan:
             quantize_model(model, plan, dtype)
@@ -83,8 +83,3 @@ def build_model(
     model.requires_grad_(False)
     return model.eval()
 
-
-def weights_to_save(model: LlamaForCausalLM) -> dict[str, torch.Tensor]:
-    """The state dict with a tied lm_head stored once (as HF does), contiguous for safetensors."""
-    state = {name: p.detach().contiguous() for name, p in model.named_parameters()}
-    return state

@@ -1,7 +1,7 @@
 """A worker process's main: `python -m bucketserve.runtime.worker_entry MODULE:FUNCTION FD` (see worker_process.py).
 
-A module of its own that nothing imports: run with `-m`, a module the package already imports (tp_runner,
-the compiler's tensor_parallel) would execute a second time as __main__, which runpy warns about.
+A module of its own that nothing imports: run with `-m`, a module the package already imports (tp_executor,
+tp_compile) would execute a second time as __main__, which runpy warns about.
 """
 import importlib
 import sys

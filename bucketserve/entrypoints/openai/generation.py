@@ -14,7 +14,7 @@ from ...engine.outputs import RequestOutput
 from ...engine.sampling_params import SamplingParams
 from .context import ServerContext
 from .errors import OpenAIError, bad_request
-from .prompts import Prompt
+from .prompt_tokens import Prompt
 
 T = TypeVar("T")
 

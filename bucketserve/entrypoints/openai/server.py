@@ -14,8 +14,8 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from ... import __version__
 from ...engine.async_engine import AsyncLLMEngine
+from ...version import __version__
 from .context import ServerContext
 from .errors import OpenAIError, install_error_handlers
 from .metrics import ServerMetrics

@@ -14,7 +14,7 @@ from .context import ServerContext
 from .errors import bad_request
 from .generation import ENGINE_ERRORS, abort_unfinished, await_final_outputs, engine_error, follow, start_requests
 from .logprobs import chat_logprobs
-from .prompts import chat_prompt, check_prompt
+from .prompt_tokens import chat_prompt, check_prompt
 from .protocol import (
     AssistantMessage,
     ChatChoice,

@@ -17,7 +17,7 @@ from .context import ServerContext
 from .errors import bad_request
 from .generation import ENGINE_ERRORS, abort_unfinished, await_final_outputs, engine_error, follow, start_requests
 from .logprobs import completion_logprobs
-from .prompts import Prompt, check_prompt, completion_prompts
+from .prompt_tokens import Prompt, check_prompt, completion_prompts
 from .protocol import CompletionChoice, CompletionRequest, CompletionResponse, PromptTokensDetails, Usage, dump
 from .sampling import reject_unsupported, sampling_params
 from .sse import DONE, EventStreamResponse, event

@@ -2,9 +2,10 @@
 POST /detokenize (both run on the prompt thread), GET /tokenizer_info."""
 from __future__ import annotations
 
+from ...models.vocabulary import check_token_ids
 from .context import ServerContext
 from .errors import bad_request
-from .prompts import render_chat
+from .prompt_tokens import render_chat
 from .protocol import (
     DetokenizeRequest,
     DetokenizeResponse,
@@ -27,9 +28,10 @@ def tokenize(ctx: ServerContext, body: TokenizeCompletionRequest | TokenizeChatR
 
 def detokenize(ctx: ServerContext, body: DetokenizeRequest) -> DetokenizeResponse:
     ctx.check_model(body.model)
-    bad = [token for token in body.tokens if token >= ctx.vocab_size]
-    if bad:
-        raise bad_request(f"token ids {bad[:5]} are outside the vocabulary [0, {ctx.vocab_size})", param="tokens")
+    try:
+        check_token_ids(body.tokens, ctx.vocab_size)
+    except ValueError as error:
+        raise bad_request(str(error), param="tokens") from None
     return DetokenizeResponse(prompt=ctx.prompt_tokenizer.decode(body.tokens))
 
 

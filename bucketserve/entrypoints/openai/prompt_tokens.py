@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ...models.vocabulary import check_token_ids
 from .chat_messages import ChatMessage, content_text
 from .context import ServerContext
 from .errors import bad_request
@@ -51,9 +52,10 @@ def check_prompt(ctx: ServerContext, prompt: Prompt, max_tokens: int | None, par
     ids = prompt.token_ids
     if not ids:
         raise bad_request("the prompt is empty after tokenization; give at least one token", param=param)
-    bad = [token for token in ids if token >= ctx.vocab_size]
-    if bad:
-        raise bad_request(f"prompt token ids {bad[:5]} are outside the vocabulary [0, {ctx.vocab_size})", param=param)
+    try:
+        check_token_ids(ids, ctx.vocab_size, "prompt token ids")
+    except ValueError as error:
+        raise bad_request(str(error), param=param) from None
     room = ctx.max_model_len - len(ids)
     if max_tokens is None:
         if room < 1:

