@@ -1,0 +1,143 @@
+"""The decoder-size planner: the exact search against brute force, the cost fit, the traffic log, the
+live-rows record, and decoder_batch_sizes="auto" end to end on the tiny model."""
+from __future__ import annotations
+
+import itertools
+import json
+import random
+
+import pytest
+
+from bucketserve.planner.arrivals import parse_arrival_model
+from bucketserve.planner.cost_model import CostModel, StepSample, fit_cost_model, max_abs_error, synthetic_samples
+from bucketserve.planner.live_rows import LiveRows, LiveRowsError, from_dict, from_prometheus
+from bucketserve.planner.replay import EngineShape, replay
+from bucketserve.planner.search import best_sizes, expected_seconds
+from bucketserve.planner.strategies import exponential, linear
+from bucketserve.planner.traffic_log import TrafficLogError, TrafficRecord, read_traffic_log, write_traffic_log
+
+
+def _brute_force(distribution, cost, batch_size, max_decoders, graph_cost=None, budget=None):
+    best = None
+    for k in range(0, max_decoders):
+        for smaller in itertools.combinations(range(1, batch_size), k):
+            sizes = (*smaller, batch_size)
+            if budget is not None and sum(graph_cost(s) for s in sizes) > budget:
+                continue
+            seconds = expected_seconds(sizes, distribution, cost)
+            if best is None or seconds < best:
+                best = seconds
+    return best
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_search_matches_brute_force(seed):
+    rng = random.Random(seed)
+    batch_size = rng.randint(3, 9)
+    distribution = LiveRows({n: rng.choice([0, rng.randint(1, 50)]) or 1 for n in range(1, batch_size + 1)
+                             if rng.random() < 0.7} or {1: 3},
+                            {n: rng.uniform(10, 400) for n in range(1, batch_size + 1)})
+    cost = CostModel(rng.uniform(0, 3), rng.uniform(0.01, 2), rng.uniform(0, 0.01), floor=rng.choice([0.0, 4.0]))
+    for max_decoders in (1, 2, 3, batch_size):
+        choice = best_sizes(distribution, cost, batch_size, max_decoders)
+        assert choice.sizes[0] == batch_size and len(choice.sizes) <= max_decoders
+        assert choice.seconds == pytest.approx(expected_seconds(choice.sizes, distribution, cost))
+        assert choice.seconds == pytest.approx(_brute_force(distribution, cost, batch_size, max_decoders))
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_search_under_a_budget_matches_brute_force(seed):
+    rng = random.Random(100 + seed)
+    batch_size = 8
+    distribution = LiveRows({n: rng.randint(1, 40) for n in range(1, batch_size + 1)})
+    cost = CostModel(0.5, 1.0, 0.0)
+    price = {s: rng.uniform(1, 10) for s in range(1, batch_size + 1)}
+    budget = price[batch_size] + rng.uniform(0, 15)
+    choice = best_sizes(distribution, cost, batch_size, 4, price.__getitem__, budget)
+    assert choice.spent <= budget + 1e-9
+    assert choice.seconds == pytest.approx(_brute_force(distribution, cost, batch_size, 4, price.__getitem__, budget))
+
+
+def test_search_rejects_bad_input():
+    distribution = LiveRows({1: 5, 6: 2})
+    with pytest.raises(ValueError, match="max_decoders must be an integer >= 1, got 0"):
+        best_sizes(distribution, CostModel(0, 1, 0), 8, 0)
+    with pytest.raises(ValueError, match="6 live rows, more than batch_size 4"):
+        best_sizes(distribution, CostModel(0, 1, 0), 4, 2)
+    with pytest.raises(LiveRowsError, match="no decode steps"):
+        LiveRows({1: 0})
+    with pytest.raises(ValueError, match="no set of decoders fits the budget"):
+        best_sizes(distribution, CostModel(0, 1, 0), 8, 2, lambda s: 10.0, 5.0)
+
+
+def test_fit_recovers_synthetic_costs():
+    true = CostModel(a=0.002, b=0.0004, c=3e-7, floor=0.003)
+    samples = synthetic_samples(true, [1, 2, 4, 8, 16, 32], [64, 256, 512])
+    fitted = fit_cost_model(samples)
+    assert fitted.floor == pytest.approx(true.floor, rel=1e-6)
+    assert (fitted.a, fitted.b, fitted.c) == pytest.approx((true.a, true.b, true.c), rel=1e-4)
+    # Noisy samples still fit within their noise, and the held-out size is predicted within it too.
+    rng = random.Random(0)
+    noisy = [StepSample(s.batch, s.context, s.seconds * rng.uniform(0.97, 1.03)) for s in samples if s.batch != 16]
+    held_out = [s for s in samples if s.batch == 16]
+    assert max_abs_error(fit_cost_model(noisy), held_out) < 0.08
+
+
+def test_fixed_strategies_follow_vllm_rbln():
+    assert exponential(32, limit=3) == (32, 16, 8)
+    assert exponential(8, limit=8) == (8, 4, 2, 1)
+    assert linear(32, limit=3, step=10) == (32, 22, 12)
+
+
+def test_traffic_log_round_trips(tmp_path):
+    records = [TrafficRecord(1700000000.5, 12, 30, 4, 1700000002.25), TrafficRecord(1700000001.0, 7, 1)]
+    path = tmp_path / "traffic.jsonl"
+    write_traffic_log(path, records)
+    assert read_traffic_log(path) == records
+
+
+@pytest.mark.parametrize("line, message", [
+    ("not json", r"traffic.jsonl:2: not a JSON object"),
+    ('{"arrival_time": 1, "prompt_tokens": 5}', r"traffic.jsonl:2: missing field 'output_tokens'"),
+    ('{"arrival_time": 1, "prompt_tokens": -5, "output_tokens": 3}', r"traffic.jsonl:2: prompt_tokens must be"),
+    ('{"arrival_time": 1, "prompt_tokens": 200, "output_tokens": 100}', r"traffic.jsonl:2: the request holds 300 tokens.*max_model_len 256"),
+])
+def test_traffic_log_names_the_bad_line(tmp_path, line, message):
+    path = tmp_path / "traffic.jsonl"
+    path.write_text(TrafficRecord(1.0, 3, 4).to_json() + "\n" + line + "\n")
+    with pytest.raises(TrafficLogError, match=message):
+        read_traffic_log(path, max_model_len=256)
+
+
+def test_empty_traffic_log_is_an_error(tmp_path):
+    path = tmp_path / "empty.jsonl"
+    path.write_text("\n")
+    with pytest.raises(TrafficLogError, match="holds no requests"):
+        read_traffic_log(path)
+
+
+def test_replay_counts_the_live_rows_of_a_known_schedule():
+    # Two requests at once, then a third long after: 2 rows for 3 steps, 1 row for 2 more, then 1 row for 4.
+    records = [TrafficRecord(0.0, 5, 4), TrafficRecord(0.0, 5, 6), TrafficRecord(100.0, 5, 5)]
+    shape = EngineShape(batch_size=4, max_model_len=64, kvcache_block_size=16, kvcache_num_blocks=17)
+    result = replay(records, shape, [4, 1], CostModel(0.01, 0.001, 0.0))
+    assert result.distribution.steps == {2: 3, 1: 2 + 4}
+    assert result.decode_seconds == pytest.approx(3 * 0.014 + 6 * 0.011)
+
+
+def test_prometheus_histogram_reads_back():
+    text = ('bucketserve_decode_live_rows_bucket{le="1.0"} 5.0\n'
+            'bucketserve_decode_live_rows_bucket{le="2.0"} 5.0\n'
+            'bucketserve_decode_live_rows_bucket{le="3.0"} 9.0\n'
+            'bucketserve_decode_live_rows_bucket{le="+Inf"} 9.0\n')
+    assert from_prometheus(text).steps == {1: 5.0, 3: 4.0}
+
+
+def test_distribution_and_arrival_specs_are_checked():
+    assert from_dict({"1": 3, "4": 2}).steps == {1: 3, 4: 2}
+    with pytest.raises(LiveRowsError, match="live rows 'x' is not an integer"):
+        from_dict({"x": 3})
+    with pytest.raises(ValueError, match="unknown field"):
+        parse_arrival_model("poisson:rate=1,speed=3")
+    trace = parse_arrival_model("bursts:rate=0.5,size=1-32,count=50,seed=3").generate()
+    assert len(trace) == 50 and json.loads(trace[0].to_json())["prompt_tokens"] >= 32
