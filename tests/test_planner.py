@@ -141,3 +141,91 @@ def test_distribution_and_arrival_specs_are_checked():
         parse_arrival_model("poisson:rate=1,speed=3")
     trace = parse_arrival_model("bursts:rate=0.5,size=1-32,count=50,seed=3").generate()
     assert len(trace) == 50 and json.loads(trace[0].to_json())["prompt_tokens"] >= 32
+
+
+# ---- the engine's record, the server's histogram and "auto", on the tiny model (eager) ----
+
+def _engine(directory):
+    from transformers import AutoTokenizer
+
+    from bucketserve import AutoModelForCausalLM
+    from bucketserve.bench.workload import make_engine
+
+    return make_engine(AutoModelForCausalLM.from_pretrained(directory), AutoTokenizer.from_pretrained(directory))
+
+
+def test_live_rows_count_exactly_what_a_known_schedule_runs(eager_dir):
+    from bucketserve.engine.sampling_params import SamplingParams
+
+    engine = _engine(eager_dir)
+    # Three prompts prefilled together (each samples its first token there), then 3 rows decode for 2 steps,
+    # 2 rows for 2 more, 1 row for 3 more: what the replay of the same trace predicts too.
+    for i, max_tokens in enumerate((3, 5, 8)):
+        engine.add_request(str(i), None, [5, 6, 7, 8], SamplingParams(max_tokens=max_tokens, ignore_eos=True, temperature=0))
+    while engine.has_unfinished_requests():
+        engine.step()
+    stats = engine.get_stats()
+    assert stats["live_rows"] == {3: 2, 2: 2, 1: 3}
+    assert engine.step_stats.live_rows_per_decoder == {4: {3: 2, 2: 2}, 1: {1: 3}}  # decoders [8, 4, 1]
+    shape = EngineShape.of(engine.model.compile_config)
+    trace = [TrafficRecord(0.0, 4, n) for n in (3, 5, 8)]
+    assert replay(trace, shape, [8, 4, 1], CostModel(0.01, 0.001, 0.0)).distribution.steps == stats["live_rows"]
+
+    # The server's /metrics histogram holds the same counts, one bucket per row count.
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from bucketserve.entrypoints.openai.metrics import _EngineStatsCollector
+
+    registry = CollectorRegistry()
+    registry.register(_EngineStatsCollector(type("Published", (), {"stats": stats})()))
+    text = generate_latest(registry).decode()
+    assert 'bucketserve_decode_live_rows_bucket{le="8.0"} 7.0' in text
+    assert from_prometheus(text).steps == stats["live_rows"]
+
+
+def test_the_server_appends_one_traffic_line_per_finished_request(eager_dir, tmp_path):
+    from bucketserve.engine.sampling_params import SamplingParams
+    from bucketserve.entrypoints.openai.metrics import ServerMetrics
+
+    engine = _engine(eager_dir)
+    metrics = ServerMetrics(traffic_log=str(tmp_path / "traffic.jsonl"))
+    engine.add_request("a", None, [5, 6, 7], SamplingParams(max_tokens=4, ignore_eos=True, temperature=0))
+    while engine.has_unfinished_requests():
+        for output in engine.step():
+            if output.finished:
+                metrics.request_finished(output)
+    (record,) = read_traffic_log(tmp_path / "traffic.jsonl", max_model_len=256)
+    assert (record.prompt_tokens, record.output_tokens, record.cached_tokens) == (3, 4, 0)
+    assert record.finish_time >= record.arrival_time
+
+
+def test_auto_picks_the_set_the_search_says(tiny_checkpoint):
+    from bucketserve import AutoModelForCausalLM
+
+    distribution = {"live_rows": {1: 50, 2: 40, 3: 10, 6: 5, 8: 20}, "context": 40}
+    costs = {"decode": {"a": 0.001, "b": 0.002, "c": 1e-6, "floor": 0.0}}
+    model = AutoModelForCausalLM.from_pretrained(
+        tiny_checkpoint, export=True, compiler="eager", batch_size=8, max_seq_len=256, kvcache_block_size=64,
+        rbln_decoder_batch_sizes="auto", traffic=distribution, max_decoders=3, cost_table=costs)
+    expected = best_sizes(from_dict(distribution), CostModel.from_dict(costs["decode"]), 8, 3)
+    assert model.compile_config.decoder_batch_sizes == expected.sizes == (8, 3, 1)
+    plan = model.manifest["decoder_plan"]
+    assert plan["prediction"]["planned"]["sizes"] == [8, 3, 1]
+    assert plan["inputs"]["max_decoders"] == 3 and plan["inputs"]["distribution"]["live_rows"]["8"] == 20
+
+
+def test_auto_rejects_bad_input(tiny_checkpoint, tmp_path):
+    from bucketserve import AutoModelForCausalLM
+
+    costs = {"decode": {"a": 0.001, "b": 0.002, "c": 0.0}}
+    common = dict(export=True, compiler="eager", batch_size=4, max_seq_len=128, decoder_batch_sizes="auto", cost_table=costs)
+    with pytest.raises(ValueError, match="max_decoders must be an integer >= 1, got 0"):
+        AutoModelForCausalLM.from_pretrained(tiny_checkpoint, traffic={1: 3}, max_decoders=0, **common)
+    with pytest.raises(ValueError, match="needs traffic="):
+        AutoModelForCausalLM.from_pretrained(tiny_checkpoint, **common)
+    long_trace = tmp_path / "long.jsonl"
+    write_traffic_log(long_trace, [TrafficRecord(0.0, 100, 10), TrafficRecord(1.0, 100, 50)])
+    with pytest.raises(TrafficLogError, match=r"long.jsonl:2: the request holds 150 tokens.*max_model_len 128"):
+        AutoModelForCausalLM.from_pretrained(tiny_checkpoint, traffic=str(long_trace), **common)
+    with pytest.raises(ValueError, match="traffic only apply with decoder_batch_sizes='auto'"):
+        AutoModelForCausalLM.from_pretrained(tiny_checkpoint, export=True, compiler="eager", traffic={1: 3})

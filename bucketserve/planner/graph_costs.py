@@ -1,4 +1,5 @@
-"""What each decoder graph costs to have: compile seconds and resident bytes, per batch size.
+"""What each decoder graph costs to have, per batch size: compile seconds, and graph bytes (the size of
+its graph package, which loading maps).
 
 Measured for the sizes a directory holds (its manifest's compile_seconds, its graph files' sizes) and
 extended to other sizes by a straight line through them, which is what a budget needs to price a set
@@ -14,22 +15,22 @@ import numpy as np
 @dataclass(frozen=True)
 class GraphCosts:
     compile_seconds: dict[int, float] = field(default_factory=dict)  # measured, per decoder batch size
-    resident_bytes: dict[int, float] = field(default_factory=dict)
+    graph_bytes: dict[int, float] = field(default_factory=dict)
 
     def seconds_for(self, batch: int) -> float:
         return _line(self.compile_seconds, batch)
 
     def bytes_for(self, batch: int) -> float:
-        return _line(self.resident_bytes, batch)
+        return _line(self.graph_bytes, batch)
 
     def to_dict(self) -> dict:
         return {"compile_seconds": {str(k): v for k, v in sorted(self.compile_seconds.items())},
-                "resident_bytes": {str(k): v for k, v in sorted(self.resident_bytes.items())}}
+                "graph_bytes": {str(k): v for k, v in sorted(self.graph_bytes.items())}}
 
     @classmethod
     def from_dict(cls, raw: dict) -> GraphCosts:
         return cls({int(k): float(v) for k, v in raw.get("compile_seconds", {}).items()},
-                   {int(k): float(v) for k, v in raw.get("resident_bytes", {}).items()})
+                   {int(k): float(v) for k, v in raw.get("graph_bytes", {}).items()})
 
 
 def _line(measured: dict[int, float], batch: int) -> float:
