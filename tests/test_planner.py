@@ -229,3 +229,23 @@ def test_auto_rejects_bad_input(tiny_checkpoint, tmp_path):
         AutoModelForCausalLM.from_pretrained(tiny_checkpoint, traffic=str(long_trace), **common)
     with pytest.raises(ValueError, match="traffic only apply with decoder_batch_sizes='auto'"):
         AutoModelForCausalLM.from_pretrained(tiny_checkpoint, export=True, compiler="eager", traffic={1: 3})
+
+
+def test_plan_simulate_on_the_command_line(tmp_path, capsys):
+    from bucketserve.entrypoints.cli import main
+    from bucketserve.planner.cost_table import CostTable
+
+    table = tmp_path / "costs.json"
+    cost = CostModel(0.002, 0.0005, 1e-7, floor=0.003)
+    CostTable(cost).save(table)
+    spec = "bursts:rate=0.5,size=1-16,count=80,prompt=8-64,output=8-64,seed=1"
+    assert main(["plan", "--simulate", spec, "--cost-table", str(table), "--batch-size", "16", "--max-seq-len", "256",
+                 "--max-decoders", "2", "--trace-out", str(tmp_path / "trace.jsonl"), "--json", str(tmp_path / "plan.json")]) == 0
+    out = capsys.readouterr().out
+    shape = EngineShape(16, 256, 16, 16 * 16 + 1)
+    distribution = replay(read_traffic_log(tmp_path / "trace.jsonl"), shape, range(1, 17), cost).distribution
+    expected = best_sizes(distribution, cost, 16, 2).sizes
+    assert f"planned (K<=2)           {list(expected)}" in out
+    assert json.loads((tmp_path / "plan.json").read_text())["plan"]["planned"]["sizes"] == list(expected)
+    assert main(["plan", "--simulate", spec, "--cost-table", str(table), "--batch-size", "16", "--max-decoders", "0"]) == 1
+    assert "max_decoders must be an integer >= 1, got 0" in capsys.readouterr().err

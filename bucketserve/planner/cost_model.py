@@ -68,14 +68,25 @@ def fit_cost_model(samples: list[StepSample]) -> CostModel:
 
 
 def _plane_fit(samples: list[StepSample]) -> tuple[float, float, float]:
+    """a, b, c >= 0 (a step never gets cheaper with more rows or context): least squares over each subset of
+    the three terms, the best whose coefficients are all >= 0, which is the non-negative least-squares fit."""
     design = _design(samples)
     seconds = np.array([s.seconds for s in samples])
     weights = 1.0 / seconds
-    # Without two contexts at one size, c and b cannot be told apart: fit the context term as zero.
-    columns = 3 if len({s.context for s in samples}) > 1 else 2
-    coef, *_ = np.linalg.lstsq(design[:, :columns] * weights[:, None], seconds * weights, rcond=None)
-    coef = list(coef) + [0.0] * (3 - columns)
-    return coef[0], coef[1], coef[2]
+    best: tuple[float, list[float]] | None = None
+    for columns in itertools.chain.from_iterable(itertools.combinations(range(3), k) for k in (1, 2, 3)):
+        cols = list(columns)
+        coef, *_ = np.linalg.lstsq(design[:, cols] * weights[:, None], seconds * weights, rcond=None)
+        if np.any(coef < 0):
+            continue
+        full = [0.0, 0.0, 0.0]
+        for col, value in zip(cols, coef, strict=True):
+            full[col] = float(value)
+        error = float(np.sum(((design @ np.array(full) - seconds) * weights) ** 2))
+        if best is None or error < best[0]:
+            best = (error, full)
+    assert best is not None  # a alone (the mean, weighted) is never negative
+    return best[1][0], best[1][1], best[1][2]
 
 
 def _relative_error(model: CostModel, samples: list[StepSample]) -> float:
