@@ -1,5 +1,6 @@
 """What a user may give as traffic=, turned into a live-rows distribution: a LiveRows, a dict
-({rows: steps} or {"live_rows": ..., "context": ...}), a .json file of one, a traffic log (.jsonl, replayed
+({rows: steps} or {"live_rows": ..., "context": ...}), a .json file of one, a scrape of /metrics saved as .prom
+(its bucketserve_decode_live_rows histogram), a traffic log (.jsonl, replayed
 through the real Scheduler), a list of TrafficRecords, or an arrival model spec ("poisson:..." / "bursts:...")."""
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from pathlib import Path
 
 from .arrivals import is_arrival_spec, parse_arrival_model
 from .cost_table import CostTable
-from .live_rows import LiveRows, from_dict, read_distribution
+from .live_rows import LiveRows, from_dict, from_prometheus, read_distribution
 from .replay import EngineShape, replay
 from .traffic_log import TrafficRecord, read_traffic_log
 
@@ -28,7 +29,7 @@ def traffic_records(traffic, max_model_len: int) -> list[TrafficRecord] | None:
         return traffic
     if isinstance(traffic, str) and is_arrival_spec(traffic):
         return parse_arrival_model(traffic).generate()
-    if isinstance(traffic, (str, Path)) and Path(traffic).suffix != ".json":
+    if isinstance(traffic, (str, Path)) and Path(traffic).suffix not in (".json", ".prom"):
         return read_traffic_log(traffic, max_model_len)
     return None
 
@@ -41,6 +42,8 @@ def live_rows_of(traffic, shape: EngineShape, costs: CostTable) -> LiveRows:
     if isinstance(traffic, dict):
         return from_dict(traffic)
     records = traffic_records(traffic, shape.max_model_len)
+    if records is None and Path(traffic).suffix == ".prom":
+        return from_prometheus(Path(traffic).read_text())
     if records is None:
         return read_distribution(traffic)
     return replay(records, shape, range(1, shape.batch_size + 1), costs.decode, costs.prefill).distribution
