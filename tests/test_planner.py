@@ -249,3 +249,16 @@ def test_plan_simulate_on_the_command_line(tmp_path, capsys):
     assert json.loads((tmp_path / "plan.json").read_text())["plan"]["planned"]["sizes"] == list(expected)
     assert main(["plan", "--simulate", spec, "--cost-table", str(table), "--batch-size", "16", "--max-decoders", "0"]) == 1
     assert "max_decoders must be an integer >= 1, got 0" in capsys.readouterr().err
+
+
+def test_auto_without_a_cost_table_times_the_checkpoint_eagerly(tiny_checkpoint):
+    from bucketserve import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(
+        tiny_checkpoint, export=True, compiler="eager", batch_size=4, max_seq_len=128, kvcache_block_size=32,
+        decoder_batch_sizes="auto", traffic="poisson:rate=5,count=12,prompt=4-20,output=4-20", max_decoders=2)
+    plan = model.manifest["decoder_plan"]
+    table = plan["inputs"]["cost_table"]
+    assert table["fit"]["source"] == "eager" and table["fit"]["sizes"] == [1, 2, 4] and "held_out_max_abs_error" in table["fit"]
+    assert model.compile_config.decoder_batch_sizes == tuple(plan["prediction"]["planned"]["sizes"])
+    assert model.compile_config.decoder_batch_sizes[0] == 4 and len(model.compile_config.decoder_batch_sizes) <= 2

@@ -30,4 +30,5 @@ def plot_time_per_token(series: dict[str, dict[int, float]], path: str | Path, t
 
 def report_series(report) -> dict[str, dict[int, float]]:
     """A PlanReport's best-K rows as one line (ms per token against K)."""
-    return {"planned": {len(r.sizes): 1000 * r.seconds_per_token for r in report.rows if r.name.startswith("best K=")}}
+    return {"planned": {int(r.name.removeprefix("best K=")): 1000 * r.seconds_per_token
+                        for r in report.rows if r.name.startswith("best K=")}}
