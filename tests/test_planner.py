@@ -184,19 +184,32 @@ def test_live_rows_count_exactly_what_a_known_schedule_runs(eager_dir):
 
 
 def test_the_server_appends_one_traffic_line_per_finished_request(eager_dir, tmp_path):
+    """Through the server's engine thread: ServerMetrics(traffic_log=...) is what `serve --traffic-log` builds."""
+    import asyncio
+
+    from bucketserve.engine.async_engine import AsyncLLMEngine
     from bucketserve.engine.sampling_params import SamplingParams
+    from bucketserve.entrypoints.llm import LLM
     from bucketserve.entrypoints.openai.metrics import ServerMetrics
 
-    engine = _engine(eager_dir)
-    metrics = ServerMetrics(traffic_log=str(tmp_path / "traffic.jsonl"))
-    engine.add_request("a", None, [5, 6, 7], SamplingParams(max_tokens=4, ignore_eos=True, temperature=0))
-    while engine.has_unfinished_requests():
-        for output in engine.step():
-            if output.finished:
-                metrics.request_finished(output)
-    (record,) = read_traffic_log(tmp_path / "traffic.jsonl", max_model_len=256)
-    assert (record.prompt_tokens, record.output_tokens, record.cached_tokens) == (3, 4, 0)
-    assert record.finish_time >= record.arrival_time
+    path = tmp_path / "traffic.jsonl"
+    engine = AsyncLLMEngine(LLM(model=str(eager_dir)).llm_engine, observer=ServerMetrics(traffic_log=str(path)))
+
+    async def main():
+        engine.start(asyncio.get_running_loop())
+        try:
+            for request_id, max_tokens in (("a", 4), ("b", 7)):
+                stream = await engine.add_request(request_id, None, [5, 6, 7],
+                                                  SamplingParams(max_tokens=max_tokens, ignore_eos=True, temperature=0))
+                async for _ in stream:
+                    pass
+        finally:
+            await engine.shutdown()
+
+    asyncio.run(main())
+    records = read_traffic_log(path, max_model_len=256)
+    assert [(r.prompt_tokens, r.output_tokens, r.cached_tokens) for r in records] == [(3, 4, 0), (3, 7, 0)]
+    assert all(r.finish_time >= r.arrival_time for r in records)
 
 
 def test_auto_picks_the_set_the_search_says(tiny_checkpoint):
