@@ -38,8 +38,8 @@ HELD_OUT = 16
 K = 3
 # light: one request at a time, about 1.5 s apart, so mostly 1-4 live; bursty: bursts of 1-32 together.
 TRACES = {
-    "light": "poisson:rate=0.8,count=40,prompt=32-160,output=32-96,seed=1",
-    "bursty": "bursts:rate=0.12,size=1-32,count=96,prompt=32-160,output=32-96,seed=2",
+    "light": "poisson:rate=0.8,count=32,prompt=32-160,output=32-96,seed=1",
+    "bursty": "bursts:rate=0.12,size=1-32,count=80,prompt=32-160,output=32-96,seed=2",
 }
 
 
@@ -172,8 +172,9 @@ def main(argv=None) -> int:
     parser.add_argument("--cache-dir", type=Path, default=Path(os.path.expanduser("~/.cache/bucketserve/plan_decoders")))
     parser.add_argument("--compile-only", type=int, nargs="+", help="compile a directory with these decoders and stop")
     parser.add_argument("--plan-only", action="store_true", help="stop after planning (prints the sizes to compile)")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2, the machine's cores)")
     args = parser.parse_args(argv)
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     if args.compile_only:
         print(compiled_directory(args.cache_dir, args.compile_only))
         return 0
@@ -184,7 +185,7 @@ def main(argv=None) -> int:
 
     args.out_dir.mkdir(parents=True, exist_ok=True)
     results: dict = {"command": "python benchmarks/plan_decoders.py " + " ".join(argv or sys.argv[1:]),
-                     "compile_options": COMPILE, "traces": TRACES, "k": K, "load_average_start": os.getloadavg()}
+                     "compile_options": COMPILE, "traces": TRACES, "threads": args.threads, "k": K, "load_average_start": os.getloadavg()}
     traces = {name: parse_arrival_model(spec).generate() for name, spec in TRACES.items()}
 
     # 1. Costs, from the calibration directory.
