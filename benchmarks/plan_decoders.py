@@ -36,10 +36,11 @@ COMPILE = dict(batch_size=32, max_seq_len=512, prefill_chunk_size=64, quantizati
 CALIBRATION_SIZES = (32, 16, 8, 4, 2, 1)
 HELD_OUT = 16
 K = 3
-# light: one request at a time, about 1.5 s apart, so mostly 1-4 live; bursty: bursts of 1-32 together.
+# light: one request every 5 s on average, so 1-4 live (a request takes about 4 s here); bursty: bursts of
+# 1-32 requests arriving together, one burst every 20 s on average.
 TRACES = {
-    "light": "poisson:rate=0.8,count=32,prompt=32-160,output=32-96,seed=1",
-    "bursty": "bursts:rate=0.12,size=1-32,count=80,prompt=32-160,output=32-96,seed=2",
+    "light": "poisson:rate=0.2,count=24,prompt=32-160,output=32-96,seed=1",
+    "bursty": "bursts:rate=0.05,size=1-32,count=80,prompt=32-160,output=32-96,seed=2",
 }
 
 
