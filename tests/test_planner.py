@@ -275,3 +275,24 @@ def test_auto_without_a_cost_table_times_the_checkpoint_eagerly(tiny_checkpoint)
     assert table["fit"]["source"] == "eager" and table["fit"]["sizes"] == [1, 2, 4] and "held_out_max_abs_error" in table["fit"]
     assert model.compile_config.decoder_batch_sizes == tuple(plan["prediction"]["planned"]["sizes"])
     assert model.compile_config.decoder_batch_sizes[0] == 4 and len(model.compile_config.decoder_batch_sizes) <= 2
+
+
+def test_compile_auto_on_the_command_line(tiny_checkpoint, tmp_path, capsys):
+    from bucketserve.compiler.manifest import read_manifest
+    from bucketserve.entrypoints.cli import main
+    from bucketserve.planner.cost_table import CostTable
+
+    table = tmp_path / "costs.json"
+    cost = CostModel(0.001, 0.002, 0.0)
+    CostTable(cost).save(table)
+    distribution = tmp_path / "live_rows.json"
+    distribution.write_text(json.dumps({"live_rows": {"1": 30, "2": 30, "5": 3, "8": 4}}))
+    out = tmp_path / "planned"
+    assert main(["compile", str(tiny_checkpoint), str(out), "--compiler", "eager", "--max-seq-len", "128",
+                 "--decoder-batch-sizes", "auto", "--traffic", str(distribution), "--max-decoders", "3",
+                 "--cost-table", str(table)]) == 0
+    expected = best_sizes(from_dict(json.loads(distribution.read_text())), cost, 8, 3).sizes
+    manifest = read_manifest(out)
+    assert tuple(manifest["compile_config"]["decoder_batch_sizes"]) == expected
+    assert manifest["decoder_plan"]["prediction"]["planned"]["sizes"] == list(expected)
+    assert f"decoders {list(expected)}" in capsys.readouterr().out
