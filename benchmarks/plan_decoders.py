@@ -173,6 +173,9 @@ def main(argv=None) -> int:
     parser.add_argument("--cache-dir", type=Path, default=Path(os.path.expanduser("~/.cache/bucketserve/plan_decoders")))
     parser.add_argument("--compile-only", type=int, nargs="+", help="compile a directory with these decoders and stop")
     parser.add_argument("--plan-only", action="store_true", help="stop after planning (prints the sizes to compile)")
+    parser.add_argument("--recheck", action="store_true",
+                        help="after a run: time the measured directory's decoders again (the machine's speed as it is "
+                             "now) and add the replay's prediction from that table beside the first one")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2, the machine's cores)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -185,6 +188,8 @@ def main(argv=None) -> int:
     from bucketserve.planner.calibration import contexts_from_trace
 
     args.out_dir.mkdir(parents=True, exist_ok=True)
+    if args.recheck:
+        return recheck(args)
     results: dict = {"command": "python benchmarks/plan_decoders.py " + " ".join(argv or sys.argv[1:]),
                      "compile_options": COMPILE, "traces": TRACES, "threads": args.threads, "k": K, "load_average_start": os.getloadavg()}
     traces = {name: parse_arrival_model(spec).generate() for name, spec in TRACES.items()}
@@ -238,6 +243,7 @@ def main(argv=None) -> int:
         directory = with_extra_decoders(args.cache_dir, calibration_dir, missing)
     model = AutoModelForCausalLM.from_pretrained(directory)
     tokenizer = AutoTokenizer.from_pretrained(directory)
+    results["measured_directory"] = str(directory)
     shape = EngineShape.of(model.compile_config)
     for name, records in traces.items():
         for label, sizes in sets[name].items():
@@ -256,6 +262,39 @@ def main(argv=None) -> int:
     (args.out_dir / "plan_decoders.json").write_text(json.dumps(results, indent=2))
     print(json.dumps(results["targets"], indent=2))
     plot(results, costs, args.out_dir / "plan_decoders_k.png")
+    return 0
+
+
+def recheck(args) -> int:
+    """The prediction again from a cost table timed now, on the directory the run measured: on a machine
+    shared with other work, how much of the prediction's error is the machine's speed changing."""
+    from bucketserve import AutoModelForCausalLM
+
+    path = args.out_dir / "plan_decoders.json"
+    results = json.loads(path.read_text())
+    if "measured_directory" in results:
+        directory = Path(results["measured_directory"])
+    else:  # the cached directory the run built for its sets
+        needed = {s for plan in results["plans"].values() for sizes in plan["sets"].values() for s in sizes}
+        missing = [s for s in needed if s not in CALIBRATION_SIZES]
+        directory = compiled_directory(args.cache_dir, CALIBRATION_SIZES)
+        if missing:
+            directory = with_extra_decoders(args.cache_dir, directory, missing)
+    model = AutoModelForCausalLM.from_pretrained(directory)
+    contexts = results["cost_table"]["fit"]["contexts"]
+    costs = calibrate(model, contexts, HELD_OUT)
+    shape = EngineShape.of(model.compile_config)
+    results["recheck"] = {"cost_table": costs.to_dict(), "load_average": os.getloadavg(), "predictions": {}}
+    for name, spec in TRACES.items():
+        records = parse_arrival_model(spec).generate()
+        for label, measured in results["measured"][name].items():
+            predicted = replay(records, shape, measured["sizes"], costs.decode, costs.prefill).decode_seconds
+            error = predicted / measured["decode_seconds"] - 1
+            results["recheck"]["predictions"].setdefault(name, {})[label] = {"predicted_decode_seconds": predicted,
+                                                                            "prediction_error": error}
+            print(f"{name} {label}: measured {measured['decode_seconds']:.2f} s, predicted now {predicted:.2f} s "
+                  f"({100 * error:+.1f}%)")
+    path.write_text(json.dumps(results, indent=2))
     return 0
 
 
