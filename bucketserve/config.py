@@ -94,6 +94,9 @@ def _positive_int(name: str, value: Any) -> int:
 def normalize_decoder_batch_sizes(values: Any, batch_size: int) -> tuple[int, ...]:
     if values is None:
         return (batch_size,)
+    if values == "auto":  # planner/auto.py turns it into a list before this, when compiling with traffic=
+        raise ValueError("decoder_batch_sizes='auto' is planned when compiling (from_pretrained(..., export=True, "
+                         "traffic=...)); a compiled directory holds a list: drop the option to load it")
     if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
         raise ValueError(f"decoder_batch_sizes must be a list of integers, got {values!r}")
     sizes = [_positive_int("every value of decoder_batch_sizes", v) for v in values]

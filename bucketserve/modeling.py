@@ -21,6 +21,8 @@ from .compiler.manifest import read_manifest, verify_manifest, weight_like_files
 from .config import CompileConfig, build_compile_config, normalize_decoder_batch_sizes, split_rbln_aliases
 from .models.config import SUPPORTED_MODEL_TYPES, ModelConfig
 from .models.vocabulary import check_token_ids
+from .planner.auto import record_plan, resolve_auto_decoder_batch_sizes
+from .planner.eager_calibration import eager_cost_table
 from .quantization.options import kv_cache_dtype, split_quantization
 from .runtime.distributed import RankPlacement
 from .runtime.executor import Executor
@@ -79,12 +81,17 @@ class BucketModelForCausalLM:
     def _compile(cls, checkpoint: Checkpoint, options: dict[str, Any]):
         model_config = ModelConfig.from_hf_dict(checkpoint.hf_config)
         cls._check_model_type(model_config.model_type)
+        options, decoder_plan = resolve_auto_decoder_batch_sizes(  # decoder_batch_sizes="auto": a planned list
+            options, model_config, lambda config: eager_cost_table(checkpoint, config, model_config))
         compile_config = build_compile_config(options, model_config)
         # Nothing is read (or dequantized, or quantized) until a tensor is used.
         model_config = tied_as_stored(model_config, checkpoint.float_tensors())
         out_dir = Path(tempfile.mkdtemp(prefix="bucketserve-"))
         try:
-            instance = cls(compile_executor(checkpoint, out_dir, compile_config, model_config), read_manifest(out_dir))
+            executor = compile_executor(checkpoint, out_dir, compile_config, model_config)
+            if decoder_plan is not None:
+                record_plan(out_dir, decoder_plan)
+            instance = cls(executor, read_manifest(out_dir))
         except BaseException:
             shutil.rmtree(out_dir, ignore_errors=True)
             raise

@@ -50,6 +50,9 @@ class EngineObserver:
     def generation_tokens(self, count: int) -> None:
         pass
 
+    def request_finished(self, output: RequestOutput) -> None:
+        pass
+
 
 class RequestStream:
     """One request's outputs in order, read on the event loop. Each item is a full RequestOutput snapshot
@@ -249,6 +252,7 @@ class AsyncLLMEngine:
             deliveries.append((tracked.stream, output))
             if output.finished:
                 del self._tracked[output.request_id]
+                self._observer.request_finished(output)
         self._send(deliveries)
 
     def _end_all(self, error: Exception) -> None:

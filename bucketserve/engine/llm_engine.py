@@ -20,6 +20,7 @@ from .sampler import Sample, Sampler, position_logprobs
 from .sampling_params import SamplingParams
 from .scheduler import PrefillChunk, Scheduler
 from .sequence import Sequence
+from .step_stats import StepStats
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,7 @@ class LLMEngine:
         self.requests: dict[str, Request] = {}
         self._request_counter = itertools.count()
         self.last_decoder_batch_size: int | None = None
+        self.step_stats = StepStats()
 
     def _decode_token(self, token_id: int) -> str:
         return self.tokenizer.decode([token_id])
@@ -106,6 +108,7 @@ class LLMEngine:
         ran = self.executor.call("execute", StepInput(_decode_rows(plan.decodes), _prefill_chunks(plan.prefills, want_hidden)))
         if plan.decodes:
             self.last_decoder_batch_size = ran.decoder_batch_size
+            self.step_stats.record(len(plan.decodes), ran.decoder_batch_size)
             for seq, sample in zip(plan.decodes, self.sampler(ran.decode_logits, plan.decodes), strict=True):
                 seq.num_computed_tokens = seq.num_tokens
                 self.block_manager.register_computed(seq)
@@ -199,6 +202,7 @@ class LLMEngine:
         return {
             "decode_steps_per_decoder": dict(runner.decode_steps_per_decoder),
             "padded_rows": runner.padded_rows,
+            "live_rows": dict(self.step_stats.live_rows),  # live rows (before padding) -> decode steps
             "num_running": self.scheduler.num_running,
             "num_waiting": self.scheduler.num_waiting,
             "num_preemptions": self.scheduler.num_preemptions,

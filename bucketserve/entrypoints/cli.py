@@ -12,13 +12,24 @@ def _compile(args) -> None:
 
     # Only what was given (and --batch-size, 8 here against from_pretrained's 1): the rest takes
     # from_pretrained's defaults, which depend on the checkpoint and on each other.
-    options = {name: getattr(args, name) for name in OPTION_NAMES if getattr(args, name) is not None}
+    options = {name: getattr(args, name) for name in (*OPTION_NAMES, "traffic", "max_decoders", "cost_table")
+               if getattr(args, name) is not None}
+    if options.get("decoder_batch_sizes") == ["auto"]:
+        options["decoder_batch_sizes"] = "auto"
     model = AutoModelForCausalLM.from_pretrained(args.model, export=True, gguf_file=args.gguf_file, **options)
     model.save_pretrained(args.out)
     seconds = model.manifest["compile_seconds"]
     print(f"compiled {args.model} -> {args.out}: decoders {list(model.compile_config.decoder_batch_sizes)}")
     for name, took in seconds.items():
         print(f"  {name}: {took:.1f} s")
+    plan = model.manifest.get("decoder_plan")
+    if plan is not None:
+        predicted = plan["prediction"]["planned"]["seconds_per_token"]
+        print(f"  planned from {plan['inputs']['traffic']}: {1000 * predicted:.3f} ms per token predicted")
+
+
+def _decoder_batch_size(text: str):
+    return text if text == "auto" else int(text)
 
 
 def _sampling_params(args):
@@ -92,7 +103,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=8, help="default: 8 (from_pretrained's is 1)")
     p.add_argument("--max-seq-len", type=int, help="default: min(2048, the checkpoint's max_position_embeddings)")
     p.add_argument("--tensor-parallel-size", type=int, help="default: 1")
-    p.add_argument("--decoder-batch-sizes", type=int, nargs="+", help="default: the batch size alone")
+    p.add_argument("--decoder-batch-sizes", type=_decoder_batch_size, nargs="+",
+                   help="default: the batch size alone; 'auto': planned from --traffic (bucketserve plan)")
+    p.add_argument("--traffic", help="with --decoder-batch-sizes auto: a traffic log, a live-rows .json, or an arrival model")
+    p.add_argument("--max-decoders", type=int, help="with --decoder-batch-sizes auto: at most this many (default 3)")
+    p.add_argument("--cost-table", help="with --decoder-batch-sizes auto: `bucketserve plan calibrate`'s table "
+                                        "(default: time the checkpoint eagerly)")
     p.add_argument("--kvcache-block-size", type=int, help="default: max_seq_len")
     p.add_argument("--kvcache-num-blocks", type=int, help="default: batch_size full sequences + 1")
     p.add_argument("--prefill-chunk-size", type=int, help="default: min(128, max_seq_len)")
@@ -124,6 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     _optional_subcommand(sub, "serve", "OpenAI-compatible HTTP server over a compiled directory",
                          "bucketserve.entrypoints.openai.server", "add_serve_arguments", "run_server")
+    _optional_subcommand(sub, "plan", "plan the decoder batch sizes from traffic and measured step costs",
+                         "bucketserve.planner.cli", "add_plan_arguments", "run_plan")
     _optional_subcommand(sub, "bench", "benchmark the decoder buckets against peers",
                          "bucketserve.bench.main", "add_bench_arguments", "run_bench")
     return parser

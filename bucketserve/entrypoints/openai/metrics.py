@@ -8,9 +8,10 @@ from the engine thread's latest stats snapshot at scrape time rather than counte
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
 from ...engine.async_engine import AsyncLLMEngine, EngineObserver
+from ...planner.traffic_log import TrafficLogWriter, record_from_output
 
 PREFIX = "bucketserve"
 STEP_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -18,7 +19,9 @@ TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 3
 
 
 class ServerMetrics(EngineObserver):
-    def __init__(self):
+    def __init__(self, traffic_log: str | None = None):
+        # `serve --traffic-log FILE`: one line per finished request, the trace the planner replays.
+        self.traffic_log = TrafficLogWriter(traffic_log) if traffic_log else None
         self.registry = CollectorRegistry()
         self.step_latency = Histogram(f"{PREFIX}_step_latency_seconds", "Wall time of one engine step (prefills + one decode)",
                                       buckets=STEP_LATENCY_BUCKETS, registry=self.registry)
@@ -45,6 +48,10 @@ class ServerMetrics(EngineObserver):
         if count > 0:
             self.generation_token_count.inc(count)
 
+    def request_finished(self, output) -> None:
+        if self.traffic_log is not None:
+            self.traffic_log.append(record_from_output(output))
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
@@ -70,6 +77,7 @@ class _EngineStatsCollector:
         for batch_size, count in sorted(stats["decode_steps_per_decoder"].items()):
             steps.add_metric([str(batch_size)], count)
         yield steps
+        yield _live_rows_histogram(stats["live_rows"], max(stats["decode_steps_per_decoder"]))
         yield CounterMetricFamily(f"{PREFIX}_padding_rows", "Padding rows run to fill decoder batches",
                                   value=stats["padded_rows"])
         # vLLM's prefix-cache counters, in tokens: prompt tokens looked up, and those found cached.
@@ -77,6 +85,19 @@ class _EngineStatsCollector:
                                   value=stats["prefix_cache_queries"])
         yield CounterMetricFamily(f"{PREFIX}_prefix_cache_hits", "Prompt tokens found in the prefix cache",
                                   value=stats["prefix_cache_hits"])
+
+
+def _live_rows_histogram(live_rows: dict[int, int], batch_size: int) -> HistogramMetricFamily:
+    """One bucket per row count 1..batch_size, so the planner reads the exact distribution back."""
+    buckets, seen = [], 0
+    for rows in range(1, batch_size + 1):
+        seen += live_rows.get(rows, 0)
+        buckets.append((str(float(rows)), seen))
+    buckets.append(("+Inf", seen))
+    total_rows = sum(rows * count for rows, count in live_rows.items())
+    histogram = HistogramMetricFamily(f"{PREFIX}_decode_live_rows", "Live rows (before padding) of each decode step")
+    histogram.add_metric([], buckets, sum_value=total_rows)
+    return histogram
 
 
 def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:

@@ -44,7 +44,7 @@ ERROR_RESPONSES = {status: {"model": ErrorResponse} for status in (400, 401, 404
 def load_server_context(model_dir: str | Path, served_model_name: str | None = None,
                         max_waiting: int = DEFAULT_MAX_WAITING, api_key: str | None = None,
                         enable_prefix_caching: bool = True, max_num_batched_tokens: int | None = None,
-                        llm=None) -> ServerContext:
+                        llm=None, traffic_log: str | None = None) -> ServerContext:
     """Load a compiled directory into an engine (not started yet) and everything the handlers need; llm: the
     directory already loaded (run_server loads it first to learn this process's rank)."""
     from transformers import AutoTokenizer
@@ -56,7 +56,7 @@ def load_server_context(model_dir: str | Path, served_model_name: str | None = N
     if llm is None:
         llm = LLM(model=str(model_dir), enable_prefix_caching=enable_prefix_caching,
                   max_num_batched_tokens=max_num_batched_tokens)
-    metrics = ServerMetrics()
+    metrics = ServerMetrics(traffic_log)
     engine = AsyncLLMEngine(llm.llm_engine, observer=metrics)
     metrics.watch(engine)
     return ServerContext(engine=engine, tokenizer=AutoTokenizer.from_pretrained(str(model_dir)),
@@ -202,6 +202,9 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-num-batched-tokens", type=int, default=None,
                         help="prompt tokens one engine step prefills at most (a longer prompt takes several steps, "
                              "so decoding requests wait at most this many tokens' prefill); default max_model_len")
+    parser.add_argument("--traffic-log", default=None, metavar="FILE",
+                        help="append one JSON line per finished request (arrival, prompt/cached/output tokens, finish) "
+                             "for `bucketserve plan MODEL --traffic FILE`")
     parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
 
 
@@ -217,7 +220,8 @@ def run_server(args: argparse.Namespace) -> None:
         logger.info("rank %d: running rank 0's steps; rank 0 serves HTTP", llm.rank)
         llm.follow()
         return
-    ctx = load_server_context(args.model, args.served_model_name, args.max_waiting, args.api_key, llm=llm)
+    ctx = load_server_context(args.model, args.served_model_name, args.max_waiting, args.api_key, llm=llm,
+                              traffic_log=args.traffic_log)
     logger.info("serving %s as %r on http://%s:%d/v1", args.model, ctx.served_model_name, args.host, args.port)
     # uvicorn handles SIGINT/SIGTERM: it stops accepting, gives open requests --shutdown-timeout seconds, cancels
     # the rest (which aborts their engine requests), then runs the lifespan exit that stops the engine thread.
