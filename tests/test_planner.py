@@ -146,12 +146,9 @@ def test_distribution_and_arrival_specs_are_checked():
 # ---- the engine's record, the server's histogram and "auto", on the tiny model (eager) ----
 
 def _engine(directory):
-    from transformers import AutoTokenizer
+    from bucketserve.entrypoints.llm import LLM
 
-    from bucketserve import AutoModelForCausalLM
-    from bucketserve.bench.workload import make_engine
-
-    return make_engine(AutoModelForCausalLM.from_pretrained(directory), AutoTokenizer.from_pretrained(directory))
+    return LLM(model=str(directory)).llm_engine
 
 
 def test_live_rows_count_exactly_what_a_known_schedule_runs(eager_dir):
@@ -167,7 +164,7 @@ def test_live_rows_count_exactly_what_a_known_schedule_runs(eager_dir):
     stats = engine.get_stats()
     assert stats["live_rows"] == {3: 2, 2: 2, 1: 3}
     assert engine.step_stats.live_rows_per_decoder == {4: {3: 2, 2: 2}, 1: {1: 3}}  # decoders [8, 4, 1]
-    shape = EngineShape.of(engine.model.compile_config)
+    shape = EngineShape.of(engine.executor.compile_config)
     trace = [TrafficRecord(0.0, 4, n) for n in (3, 5, 8)]
     assert replay(trace, shape, [8, 4, 1], CostModel(0.01, 0.001, 0.0)).distribution.steps == stats["live_rows"]
 
