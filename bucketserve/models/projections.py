@@ -8,7 +8,8 @@
   projection weight once, in the blocked layout, and never reads the plain one after loading.
 - torch.ops.bucketserve.blocked_linear: the compiled CPU fp32 decode steps' where our kernel library builds
   for AVX-512 (kernels/blocked_linear.cpp), over the same blocked layout; it replaces the template there.
-- quantized_linear: every form's, for a weight in the packed int8 / int4 layout (quantization/layout.py).
+- quantized_linear: every form's, for a weight in the packed int8 / int4 layout (quantization/layout.py);
+  with activations="int8", torch.ops.bucketserve.int8_activation_linear (kernels/int8_activation_linear.cpp).
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from ..kernels import library
+from ..quantization.activations import reference_int8_activation_linear
 from ..quantization.layout import PackedWeight, reference_linear
 
 
@@ -31,12 +33,19 @@ def dense_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return F.linear(x, weight)
 
 
-def quantized_linear(x: torch.Tensor, packed: PackedWeight) -> torch.Tensor:
+def quantized_linear(x: torch.Tensor, packed: PackedWeight, activations: str | None = None) -> torch.Tensor:
     """x @ dequantize(packed).T: torch.ops.bucketserve.quantized_linear (kernels/quantized_linear.cpp), which
     dequantizes in registers, where this process has it and x is fp32 on the CPU; else the plain-torch reference
     (dequantize, then matmul: CUDA, bf16, machines where the library does not build), whose float weight is a
-    temporary of the call, never kept."""
+    temporary of the call, never kept. activations="int8": x quantized per group at run time, through
+    int8_activation_linear or its reference alike."""
     n, k = packed.shape
+    if activations == "int8":
+        if x.device.type == "cpu" and x.dtype == torch.float32 and "int8_activation_linear" in library.registered_ops():
+            out = torch.ops.bucketserve.int8_activation_linear(x.reshape(-1, k), packed.qweight, packed.scales,
+                                                               packed.mins, n, k)
+            return out.view(*x.shape[:-1], n)
+        return reference_int8_activation_linear(x, packed).to(x.dtype)
     if x.device.type == "cpu" and x.dtype == torch.float32 and "quantized_linear" in library.registered_ops():
         out = torch.ops.bucketserve.quantized_linear(x.reshape(-1, k), packed.qweight, packed.scales, packed.mins, n, k)
         return out.view(*x.shape[:-1], n)
@@ -91,9 +100,9 @@ class GraphForm:
             return blocked_linear(x, weight, block_n)
         return F.linear(x, weight) if self.compiler_gemm else dense_linear(x, weight)
 
-    def project_quantized(self, x: torch.Tensor, packed: PackedWeight) -> torch.Tensor:
+    def project_quantized(self, x: torch.Tensor, packed: PackedWeight, activations: str | None = None) -> torch.Tensor:
         """x @ weight.T for a packed weight: the same GEMM in every form (quantized_linear)."""
-        return quantized_linear(x, packed)
+        return quantized_linear(x, packed, activations)
 
 
 EAGER = GraphForm()

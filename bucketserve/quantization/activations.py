@@ -13,8 +13,6 @@ import torch
 
 from .layout import GROUP, PackedWeight, dequantize, padded_k
 
-ACTIVATION_SCHEMES = ("int8",)
-
 
 def quantize_activations(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """x float [rows, k] -> (xq int8 [rows, k_pad], d float32 [rows, k_pad / GROUP]); inputs past k are 0."""

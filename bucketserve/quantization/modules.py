@@ -55,15 +55,19 @@ class _Packed(nn.Module):
         return self.packed.bits
 
     def extra_repr(self) -> str:
-        return f"out_features={self.shape[0]}, in_features={self.shape[1]}, bits={self.bits}"
+        activations = getattr(self, "activations", None)
+        return (f"out_features={self.shape[0]}, in_features={self.shape[1]}, bits={self.bits}"
+                + (f", activations={activations}" if activations else ""))
 
 
 class QuantizedLinear(_Packed):
-    """A Linear whose weight is packed (quantization/layout.py); the bias, if any, stays float."""
+    """A Linear whose weight is packed (quantization/layout.py); the bias, if any, stays float. activations="int8"
+    quantizes its input at run time and multiplies in integers (quantization/activations.py)."""
 
-    def __init__(self, packed: PackedWeight, bias: torch.Tensor | None = None):
+    def __init__(self, packed: PackedWeight, bias: torch.Tensor | None = None, activations: str | None = None):
         super().__init__(packed)
         self.bias = _frozen(bias)
+        self.activations = activations
 
     @property
     def out_features(self) -> int:
@@ -74,7 +78,7 @@ class QuantizedLinear(_Packed):
         return self.shape[1]
 
     def forward(self, x: torch.Tensor, form: GraphForm = EAGER) -> torch.Tensor:
-        out = form.project_quantized(x, self.packed)
+        out = form.project_quantized(x, self.packed, self.activations)
         return out if self.bias is None else out + self.bias
 
     def tie_to(self, embedding: QuantizedEmbedding) -> None:
