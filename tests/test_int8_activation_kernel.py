@@ -51,7 +51,7 @@ def assert_matches_reference(got: torch.Tensor, x: torch.Tensor, packed: layout.
 def test_every_cpu_has_the_scalar_path_and_this_one_its_best_first():
     names = isas()
     assert names[-1] == "scalar"
-    assert set(names) <= {"avx512_vnni", "avx_vnni", "avx2", "scalar"}
+    assert set(names) <= {"amx", "avx512_vnni", "avx_vnni", "avx2", "scalar"}
 
 
 @pytest.mark.parametrize("bits", [8, 4])

@@ -15,6 +15,12 @@
 // - "avx2": pmaddubsw + pmaddwd in place of vpdpbusd (u8 x s8 pairs saturate int16, so int8 weights take
 //   llama.cpp's sign trick: |w| x sign(w) * xq, each pair at most 2 * 128 * 127 < 32768).
 // - "scalar": plain loops, the portable form.
+// - "amx": AMX-INT8 tiles, for many rows (a prefill chunk; auto takes it from kAmxMinRows rows): 16 rows x 16
+//   outputs x one group of 32 inputs a tile multiply (tdpbssd for int8 weights, tdpbsud for int4), each group's
+//   int32 tile then scaled in AVX-512 registers. The kernel asks the OS for the tile state once per process
+//   (arch_prctl ARCH_REQ_XCOMP_PERM) and loads the tile config on every thread, in each task of the
+//   parallel loop (a pool thread of at::parallel_for has no config of its own, and other code - oneDNN - may
+//   load its own between our calls); refused, or without AMX, auto keeps to the VNNI paths.
 // vpdpbusd multiplies unsigned by signed bytes. int4 nibbles (0..15) are the unsigned side as they are; for
 // int8 weights the activations are, stored as xq + 128, and 128 * sum(w) of the group is taken off again.
 //
@@ -29,7 +35,10 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <cpuid.h>
 #include <immintrin.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <array>
@@ -73,9 +82,11 @@ struct Acts {
 
 float half_to_float(uint16_t bits) { return static_cast<float>(c10::Half(bits, c10::Half::from_bits())); }
 
-enum class Isa { kScalar, kAvx2, kAvxVnni, kAvx512Vnni };
+enum class Isa { kScalar, kAvx2, kAvxVnni, kAvx512Vnni, kAmx };
+bool amx_permitted();
 const char* isa_name(Isa isa) {
   switch (isa) {
+    case Isa::kAmx: return "amx";
     case Isa::kAvx512Vnni: return "avx512_vnni";
     case Isa::kAvxVnni: return "avx_vnni";
     case Isa::kAvx2: return "avx2";
@@ -89,8 +100,10 @@ std::vector<Isa> supported_isas() {
   __builtin_cpu_init();
   const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
   if (avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512vbmi"))
+      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512vbmi")) {
+    if (amx_permitted()) isas.push_back(Isa::kAmx);  // for many rows; its tiles are scaled in AVX-512
     isas.push_back(Isa::kAvx512Vnni);
+  }
   if (avx2 && __builtin_cpu_supports("avxvnni")) isas.push_back(Isa::kAvxVnni);
   if (avx2) isas.push_back(Isa::kAvx2);
   isas.push_back(Isa::kScalar);
@@ -373,6 +386,119 @@ TARGET_VNNI256 void avx256_block_int4(const Weight& w, int64_t b, const Acts& a,
   }
 }
 
+
+// ---- AMX-INT8 (many rows) ---------------------------------------------------------------------------------
+
+#define TARGET_AMX __attribute__((target("amx-tile,amx-int8,avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")))
+
+constexpr int64_t kAmxMinRows = 16;  // auto takes the AMX path from this many rows: one tile's rows
+constexpr int64_t kTileRows = 16;    // rows of x (and of the int32 result) a tile holds
+
+bool cpu_has_amx_int8() {
+  unsigned a, b, c, d;
+  if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return false;
+  return (d >> 24 & 1) && (d >> 25 & 1);  // AMX-TILE, AMX-INT8
+}
+
+// Whether this process may use the tile state: asked of the OS once (Linux keeps AMX off until asked).
+bool amx_permitted() {
+  static const bool permitted = [] {
+#if defined(__linux__) && defined(SYS_arch_prctl)
+    constexpr int kArchReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
+    return cpu_has_amx_int8() && syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
+#else
+    return false;
+#endif
+  }();
+  return permitted;
+}
+
+// The tile config (palette 1): tile 0 the int32 result [16 rows, 16 outputs], tile 1 the activations
+// [16 rows, 32 inputs], tile 2 the weight [8 rows of 4 inputs, 16 outputs x 4 bytes].
+struct alignas(64) TileConfig {
+  uint8_t palette = 1, start_row = 0, reserved[14] = {};
+  uint16_t colsb[16] = {};
+  uint8_t rows[16] = {};
+};
+
+TARGET_AMX void load_tile_config() {
+  TileConfig config;
+  config.colsb[0] = 64, config.rows[0] = kTileRows;
+  config.colsb[1] = kGroup, config.rows[1] = kTileRows;
+  config.colsb[2] = 64, config.rows[2] = kGroup / 4;
+  _tile_loadconfig(&config);
+}
+
+// Block b of the weight into VNNI's order, [k_pad / 4 rows][16 outputs][4 bytes], the tiles' B layout: int8
+// as it is; int4 as nibbles (0..15), each 8 inputs as 0 2 4 6 | 1 3 5 7 (the activations' int4 order).
+TARGET_AMX void vnni_block(const Weight& w, int64_t b, uint8_t* out) {
+  const __m512i order = vnni_order_512(), nibble = _mm512_set1_epi8(0xF);
+  const uint8_t* q = w.block_q(b);
+  if (w.bits == 8) {
+    for (int64_t c = 0; c < w.k_pad / 4; ++c)
+      _mm512_storeu_si512(out + c * 64, _mm512_permutexvar_epi8(order, _mm512_loadu_si512(q + c * 64)));
+  } else {
+    for (int64_t c = 0; c < w.k_pad / 8; ++c) {
+      const __m512i raw = _mm512_permutexvar_epi8(order, _mm512_loadu_si512(q + c * 64));
+      _mm512_storeu_si512(out + 2 * c * 64, _mm512_and_si512(raw, nibble));
+      _mm512_storeu_si512(out + (2 * c + 1) * 64, _mm512_and_si512(_mm512_srli_epi16(raw, 4), nibble));
+    }
+  }
+}
+
+// 16 rows (tile m of the activations, padded with zero rows to whole tiles) x block b's 16 outputs, from the
+// block in VNNI order; the first `rows` rows stored.
+TARGET_AMX void amx_tile_rows(const Weight& w, int64_t b, const uint8_t* wb, const Acts& a, int64_t rows,
+                              float* out, int64_t ldo, int64_t valid) {
+  alignas(64) int32_t c[kTileRows * 16];
+  const uint16_t* scales = w.block_scales(b);
+  const uint16_t* mins = w.bits == 4 ? w.block_mins(b) : nullptr;
+  __m512 f[kTileRows];
+  for (int r = 0; r < kTileRows; ++r) f[r] = _mm512_setzero_ps();
+  for (int64_t g = 0; g < w.groups; ++g) {
+    _tile_zero(0);
+    _tile_loadd(1, a.row(0) + g * kGroup, a.k_pad);
+    _tile_loadd(2, wb + g * kGroup * kBlockN, 64);
+    if (w.bits == 8) _tile_dpbssd(0, 1, 2);
+    else _tile_dpbsud(0, 1, 2);  // signed activations, unsigned nibbles
+    _tile_stored(0, c, 64);
+    const __m512 scale = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(scales + g * kBlockN)));
+    if (mins) {
+      const __m512 min = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(mins + g * kBlockN)));
+      for (int r = 0; r < kTileRows; ++r) {
+        const __m512 v = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_load_si512(c + r * 16)), scale);
+        f[r] = _mm512_fmadd_ps(v, _mm512_set1_ps(a.scale(r, g)), f[r]);
+        f[r] = _mm512_fmadd_ps(min, _mm512_set1_ps(a.scaled_sum(r, g)), f[r]);
+      }
+    } else {
+      for (int r = 0; r < kTileRows; ++r) {
+        const __m512 v = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_load_si512(c + r * 16)), scale);
+        f[r] = _mm512_fmadd_ps(v, _mm512_set1_ps(a.scale(r, g)), f[r]);
+      }
+    }
+  }
+  const __mmask16 mask = static_cast<__mmask16>((1u << valid) - 1);
+  for (int r = 0; r < rows; ++r) _mm512_mask_storeu_ps(out + r * ldo, mask, f[r]);
+}
+
+// Every block (threads take whole blocks), each put into VNNI order once, then every tile of rows over it.
+TARGET_AMX void amx_gemm(const Weight& w, const Acts& a, int64_t rows, float* out, int64_t n) {
+  const int64_t num_blocks = (n + kBlockN - 1) / kBlockN;
+  at::parallel_for(0, num_blocks, 1, [&](int64_t begin, int64_t end) {
+    load_tile_config();  // this thread's, for this task
+    std::vector<uint8_t> wb(w.k_pad * kBlockN);
+    for (int64_t b = begin; b < end; ++b) {
+      vnni_block(w, b, wb.data());
+      const int64_t valid = std::min(kBlockN, n - b * kBlockN);
+      for (int64_t first = 0; first < rows; first += kTileRows) {
+        const Acts tile{a.row(first), a.d + first * a.groups, a.dsum + first * a.groups, a.k_pad, a.groups};
+        amx_tile_rows(w, b, wb.data(), tile, std::min(kTileRows, rows - first), out + first * n + b * kBlockN, n, valid);
+      }
+    }
+    _tile_release();
+  });
+}
+
 // ---- dispatch ---------------------------------------------------------------------------------------------
 
 // One block of 16 outputs for `rows` rows (at most the path's rows a pass) starting at a.row(0) and out.
@@ -408,18 +534,21 @@ Path path_of(Isa isa) {
     case Isa::kAvx512Vnni: return {8, a512_8.data(), a512_4.data(), true, true};
     case Isa::kAvxVnni: return {4, vnni_8.data(), vnni_4.data(), true, true};
     case Isa::kAvx2: return {4, avx2_8.data(), avx2_4.data(), false, true};
+    case Isa::kAmx: return {kTileRows, nullptr, nullptr, false, true};  // tdpbssd / tdpbsud: signed activations
     default: return {0, nullptr, nullptr, false, false};
   }
 }
 
-// The best path, chosen once per process (the first call), as the library loads.
-Isa best_isa() {
-  static const Isa best = supported_isas().front();
-  return best;
+// The best paths, chosen once per process (the first call), as the library loads: AMX (where the CPU has it
+// and the OS allows it) from kAmxMinRows rows, the best vector path below.
+Isa best_isa(int64_t rows) {
+  static const std::vector<Isa> isas = supported_isas();
+  static const bool amx = isas.front() == Isa::kAmx;
+  return amx && rows >= kAmxMinRows ? Isa::kAmx : isas[amx ? 1 : 0];
 }
 
-Isa isa_named(const std::string& name) {
-  if (name == "auto") return best_isa();
+Isa isa_named(const std::string& name, int64_t rows) {
+  if (name == "auto") return best_isa(rows);
   for (Isa isa : supported_isas())
     if (name == isa_name(isa)) return isa;
   std::string have;
@@ -430,13 +559,19 @@ Isa isa_named(const std::string& name) {
 void run_gemm(Isa isa, const Weight& w, const float* x, float* out, int64_t rows, int64_t k, int64_t n) {
   const Path path = path_of(isa);
   const bool offset = w.bits == 8 && path.offset_int8, reorder = w.bits == 4 && path.reorder_int4;
-  std::vector<uint8_t> xq(rows * w.k_pad);
-  std::vector<float> d(rows * w.groups), dsum(rows * w.groups);
+  // AMX reads whole tiles of rows: the rows past the last are zeros (d = 0), computed and dropped.
+  const int64_t rows_held = isa == Isa::kAmx ? (rows + kTileRows - 1) / kTileRows * kTileRows : rows;
+  std::vector<uint8_t> xq(rows_held * w.k_pad);
+  std::vector<float> d(rows_held * w.groups), dsum(rows_held * w.groups);
   at::parallel_for(0, rows, 16, [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r)
       quantize_row(x + r * k, k, w.k_pad, reorder, offset, xq.data() + r * w.k_pad, d.data() + r * w.groups,
                    dsum.data() + r * w.groups);
   });
+  if (isa == Isa::kAmx) {
+    amx_gemm(w, Acts{xq.data(), d.data(), dsum.data(), w.k_pad, w.groups}, rows, out, n);
+    return;
+  }
   const int64_t num_blocks = (n + kBlockN - 1) / kBlockN;
   at::parallel_for(0, num_blocks, 1, [&](int64_t begin, int64_t end) {
     for (int64_t b = begin; b < end; ++b) {
@@ -480,13 +615,12 @@ at::Tensor int8_activation_linear(const at::Tensor& x, const at::Tensor& qweight
   if (has_mins)
     TORCH_CHECK(mins->device().is_cpu() && mins->scalar_type() == at::kHalf && mins->sizes() == scales.sizes(),
                 "mins must be float16 ", scales.sizes(), " as scales, got ", mins->scalar_type(), " ", mins->sizes());
-  const Isa chosen = isa_named(std::string(isa));
-
   const auto input = x.contiguous();
   const auto q = qweight.contiguous();
   const auto s = scales.contiguous();
   const auto m = has_mins ? mins->contiguous() : at::Tensor();
   const int64_t rows = input.numel() / k;
+  const Isa chosen = isa_named(std::string(isa), rows);
   std::vector<int64_t> out_shape(x.sizes().begin(), x.sizes().end());
   out_shape.back() = n;
   auto out = at::empty(out_shape, input.options());
