@@ -5,13 +5,12 @@ llama.cpp, which does the same int8 math. Standalone; prints JSON lines, one per
                                                         text in 511-token windows) and greedy agreement (the chat
                                                         questions, 64 tokens) of each file, weight-only vs int8;
                                                         eager compiles, which run the same kernels as the graphs
-    python benchmarks/int8_activations.py ops           the projections of one decode step / one prefill chunk on
+    python benchmarks/int8_activations.py ops [--floor] the projections of one decode step / one prefill chunk on
                                                         the model's real weight shapes, each kernel timed alone
-                                                        (thread CPU time, best of 5), every row count asked
+                                                        (thread CPU time, best of 5), every row count asked;
+                                                        --floor: and their weights' bytes over the read bandwidth
     python benchmarks/int8_activations.py llama         llama-bench (tg128, pp512) and llama-batched-bench
                                                         (B = 1, 8, 16) on the Q4_0 / Q8_0 copies
-    python benchmarks/int8_activations.py floor         the T9 floor of each decoder size: weight bytes over
-                                                        this machine's read bandwidth (bench/roofline.py)
 
 Files go to --work (default /tmp/int8_activations).
 """
@@ -94,33 +93,48 @@ def _best_ms(f, reps: int) -> float:
 
 
 def ops(args) -> None:
-    """One step's projections of SmolLM2 (30 layers of q, k, v, o, gate, up, down, and the tied lm_head) on
-    random weights of the real shapes, in int4 and int8: the weight-only kernel against int8_activation_linear."""
+    """One decode step's (or prefill chunk's) projections of SmolLM2 - 30 layers of q, k, v, o, gate, up, down
+    in int4 (Q4_0 / Q4_1) or int8 (Q8_0), and the tied lm_head in int8 (the real file's Q8_0 embedding) - on
+    random weights of the real shapes: the weight-only kernel against int8_activation_linear. With --floor, the
+    bytes those weights hold over this machine's read bandwidth at the same threads (bench/roofline.py): the
+    T9 floor of the step's weights (its KV cache and attention are not in either figure)."""
     from bucketserve.kernels import library
     from bucketserve.quantization.schemes import QUANTIZERS
 
     assert library.build() is not None
     torch.set_num_threads(args.threads)
+    bandwidth = None
+    if args.floor:
+        from bucketserve.bench import roofline
+
+        bandwidth = roofline.read_bandwidth()["bytes_per_second"]
+        emit(kind="read_bandwidth", threads=args.threads, gb_per_s=round(bandwidth / 1e9, 2))
     layer = [(576, 576), (192, 576), (192, 576), (576, 576), (1536, 576), (1536, 576), (576, 1536)]
-    shapes = {shape: 30 * layer.count(shape) for shape in set(layer)} | {(49152, 576): 1}
+    lm_head = (49152, 576)
     ops_by_path = {"weight-only": torch.ops.bucketserve.quantized_linear,
                    "int8": lambda *a: torch.ops.bucketserve.int8_activation_linear(*a, args.isa)}
     for bits in (4, 8):
-        packed = {shape: QUANTIZERS[bits](torch.randn(*shape) * 0.05) for shape in shapes}
+        shapes = {(shape, bits): 30 * layer.count(shape) for shape in set(layer)} | {(lm_head, 8): 1}
+        packed = {(shape, b): QUANTIZERS[b](torch.randn(*shape) * 0.05) for shape, b in shapes}
+        weight_bytes = sum(count * sum(t.numel() * t.element_size() for t in packed[key][:3] if t is not None)
+                           for key, count in shapes.items())
         for rows in args.rows:
             totals = {}
             for path, op in ops_by_path.items():
                 total = 0.0
-                for (n, k), count in shapes.items():
-                    w = packed[(n, k)]
+                for ((n, k), b), count in shapes.items():
+                    w = packed[((n, k), b)]
                     x = torch.randn(rows, k)
                     reps = max(2, int(3e7 / (n * k * max(rows, 4))))
                     total += count * _best_ms(lambda op=op, x=x, w=w, n=n, k=k: op(x, w.qweight, w.scales, w.mins, n, k), reps)
                 totals[path] = total
-            emit(kind="step_projections", bits=bits, rows=rows, threads=args.threads,
+            floor = {} if bandwidth is None else {"floor_ms": round(weight_bytes / bandwidth * 1e3, 3),
+                                                  "int8_over_floor": round(totals["int8"] / (weight_bytes / bandwidth * 1e3), 2)}
+            emit(kind="step_projections", bits=bits, rows=rows, threads=args.threads, weight_mb=round(weight_bytes / 1e6, 1),
                  weight_only_ms=round(totals["weight-only"], 3), int8_ms=round(totals["int8"], 3),
                  speedup=round(totals["weight-only"] / totals["int8"], 2),
-                 int8_tokens_per_s=round(rows / totals["int8"] * 1e3, 1))
+                 weight_only_tokens_per_s=round(rows / totals["weight-only"] * 1e3, 1),
+                 int8_tokens_per_s=round(rows / totals["int8"] * 1e3, 1), **floor)
 
 
 def llama(args) -> None:
@@ -145,24 +159,18 @@ def llama(args) -> None:
             emit(kind="llama-batched-bench", file=qtype, error=(out.stderr or out.stdout)[-400:])
 
 
-def floor(args) -> None:
-    from bucketserve.bench import roofline
-
-    bandwidth = roofline.read_bandwidth()
-    emit(kind="bandwidth", **{k: v for k, v in bandwidth.items() if isinstance(v, (int, float, str))})
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=["accuracy", "ops", "llama", "floor"])
+    parser.add_argument("what", choices=["accuracy", "ops", "llama"])
     parser.add_argument("--work", type=Path, default=Path("/tmp/int8_activations"))
     parser.add_argument("--files", nargs="+", default=list(FILES), choices=list(FILES))
     parser.add_argument("--rows", type=int, nargs="+", default=[1, 8, 16, 128, 512])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--isa", default="auto", help="int8_activation_linear's path (ops): auto, avx512_vnni, ...")
+    parser.add_argument("--floor", action="store_true", help="ops: also the weights' T9 floor")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
-    {"accuracy": accuracy, "ops": ops, "llama": llama, "floor": floor}[args.what](args)
+    {"accuracy": accuracy, "ops": ops, "llama": llama}[args.what](args)
 
 
 if __name__ == "__main__":
