@@ -1,9 +1,9 @@
 """activations="int8" against weight-only on SmolLM2-135M (the real file and its Q4_0 / Q8_0 copies), and against
 llama.cpp, which does the same int8 math. Standalone; prints JSON lines, one per measurement.
 
-    python benchmarks/int8_activations.py accuracy      perplexity (bench/accuracy.py's scorer, the whole shipped
-                                                        text in 511-token windows) and greedy agreement (the chat
-                                                        questions, 64 tokens) of each file, weight-only vs int8;
+    python benchmarks/int8_activations.py accuracy      perplexity (bench/accuracy.py's scorer, the shipped text in
+                                                        --windows 511-token windows) and greedy agreement (the chat
+                                                        questions, --new-tokens each) of each file, weight-only vs int8;
                                                         eager compiles, which run the same kernels as the graphs
     python benchmarks/int8_activations.py ops [--floor] the projections of one decode step / one prefill chunk on
                                                         the model's real weight shapes, each kernel timed alone
@@ -70,11 +70,11 @@ def accuracy(args) -> None:
                 del model
                 llm = LLM(model=out)
                 tokenizer = load_tokenizer(out)
-                text_ids = tokenizer(scorer.load_text())["input_ids"]
+                text_ids = tokenizer(scorer.load_text())["input_ids"][: args.windows * 511]
                 started = time.perf_counter()
                 score = scorer.perplexity(llm, text_ids, 511)
-                prompts = [chat_prompt_ids(tokenizer, q) for q in scorer.chat_questions()]
-                answers[activations] = scorer.greedy_answers(llm, prompts, 64)
+                prompts = [chat_prompt_ids(tokenizer, q) for q in scorer.chat_questions()[: args.prompts]]
+                answers[activations] = scorer.greedy_answers(llm, prompts, args.new_tokens)
                 emit(kind="perplexity", file=qtype, quantization=FILES[qtype], activations=activations,
                      seconds=round(time.perf_counter() - started, 1), **score)
         emit(kind="greedy_agreement", file=qtype, reference="weight-only", other="activations=int8",
@@ -141,7 +141,7 @@ def llama(args) -> None:
     files = gguf_copies(args.work)
     for qtype in ("Q4_0", "Q8_0"):
         out = subprocess.run([str(LLAMA_BIN / "llama-bench"), "-m", str(files[qtype]), "-t", str(args.threads),
-                              "-p", "512", "-n", "128", "-o", "json"], capture_output=True, text=True)
+                              "-p", "512", "-n", "128", "-r", str(args.repetitions), "-o", "json"], capture_output=True, text=True)
         if out.returncode:
             emit(kind="llama-bench", file=qtype, error=out.stderr[-400:])
         else:
@@ -168,6 +168,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--isa", default="auto", help="int8_activation_linear's path (ops): auto, avx512_vnni, ...")
     parser.add_argument("--floor", action="store_true", help="ops: also the weights' T9 floor")
+    parser.add_argument("--windows", type=int, default=7, help="accuracy: 511-token windows of the text (7: all)")
+    parser.add_argument("--prompts", type=int, default=16, help="accuracy: chat questions answered (16: all)")
+    parser.add_argument("--new-tokens", type=int, default=64, help="accuracy: greedy tokens per answer")
+    parser.add_argument("--repetitions", type=int, default=5, help="llama: llama-bench's -r")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     {"accuracy": accuracy, "ops": ops, "llama": llama}[args.what](args)
