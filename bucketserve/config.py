@@ -11,7 +11,7 @@ import torch
 from .models.config import ModelConfig
 from .models.tensor_parallel import check_shardable
 from .quantization.layout import GROUP
-from .quantization.options import kv_cache_dtype, split_quantization
+from .quantization.options import activation_scheme, kv_cache_dtype, split_quantization
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +35,7 @@ class CompileConfig:
     compiler: str = "aoti"  # "eager" runs the same model code uncompiled (debugging, fast tests)
     quantization: str | None = None  # weights: "int8", "int4" (quantization/), None: float
     kv_cache_dtype: str = "auto"  # normalized to a torch dtype name; "auto" (older manifests): dtype
+    activations: str | None = None  # "int8": quantized at run time (quantization/activations.py); None: float
 
     @property
     def kv_cache_torch_dtype(self) -> torch.dtype:
@@ -184,4 +185,5 @@ def build_compile_config(options: dict[str, Any], model_config: ModelConfig) -> 
         compiler=compiler,
         quantization=scheme,
         kv_cache_dtype=kv_cache_dtype(kv_cache, dtype),
+        activations=activation_scheme(o.get("quantization"), o.get("activations")),
     )

@@ -212,7 +212,7 @@ def test_an_eager_quantized_directory_reloads_with_the_same_outputs(tiny_checkpo
     (dict(quantization="int3"), "unknown weight quantization 'int3'; choose one of 'int8', 'int4'"),
     (dict(quantization=4), "unknown weight quantization 4"),
     (dict(kv_cache_dtype="fp8"), "unknown kv_cache_dtype 'fp8'; choose one of 'auto', 'float32'"),
-    (dict(rbln_quantization={"weights": "int4", "activations": "int8"}), r"unknown key\(s\) 'activations' in rbln_quantization"),
+    (dict(rbln_quantization={"weights": "int4", "scales": "fp8"}), r"unknown key\(s\) 'scales' in rbln_quantization"),
     (dict(rbln_quantization={"weights": "int2"}), "unknown weight quantization 'int2'"),
     (dict(rbln_quantization={"kv_caches": "bf16"}, kv_cache_dtype="float32"), "given twice, differently"),
     (dict(quantization="int4", tensor_parallel_size=4), r"o_proj's inputs \(16\) is not a multiple of the quantization group"),

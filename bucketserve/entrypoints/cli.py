@@ -118,6 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quantization", help="weights: int8 or int4 (a GGUF file's Q8_0/Q4_0/Q4_1 blocks are kept as they "
                                           "are); default: float")
     p.add_argument("--kv-cache-dtype", help="bf16 (or auto, float32); default: auto, the model's dtype")
+    p.add_argument("--activations", choices=["int8"], help="with --quantization: activations quantized to int8 at "
+                                                           "run time (close to weight-only, not equal); default: float")
     p.set_defaults(func=_compile)
 
     p = sub.add_parser("generate", help="generate from prompts with a compiled directory")

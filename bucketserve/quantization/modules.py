@@ -56,16 +56,20 @@ class _Packed(nn.Module):
         return self.packed.bits
 
     def extra_repr(self) -> str:
-        return f"out_features={self.shape[0]}, in_features={self.shape[1]}, bits={self.bits}"
+        activations = getattr(self, "activations", None)
+        return (f"out_features={self.shape[0]}, in_features={self.shape[1]}, bits={self.bits}"
+                + (f", activations={activations}" if activations else ""))
 
 
 class QuantizedLinear(_Packed):
     """A Linear whose weight is packed (quantization/layout.py); the bias, if any, stays float. It has the float
-    Linear's methods (models/tensor_parallel.ShardableLinear), so tensor parallelism shards either alike."""
+    Linear's methods (models/tensor_parallel.ShardableLinear), so tensor parallelism shards either alike.
+    activations="int8" quantizes its input at run time and multiplies in integers (quantization/activations.py)."""
 
-    def __init__(self, packed: PackedWeight, bias: torch.Tensor | None = None):
+    def __init__(self, packed: PackedWeight, bias: torch.Tensor | None = None, activations: str | None = None):
         super().__init__(packed)
         self.bias = _frozen(bias)
+        self.activations = activations
 
     @property
     def out_features(self) -> int:
@@ -81,7 +85,7 @@ class QuantizedLinear(_Packed):
 
     def multiply(self, x: torch.Tensor, form: GraphForm = EAGER) -> torch.Tensor:
         """x @ weight.T without the bias: the same quantized GEMM in every form."""
-        return quantized_linear(x, self.packed)
+        return quantized_linear(x, self.packed, self.activations)
 
     def tie_to(self, embedding: QuantizedEmbedding) -> None:
         """Share the embedding's packed tensors (tie_word_embeddings): one copy for both."""

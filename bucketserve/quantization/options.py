@@ -3,6 +3,7 @@
     quantization="int8" | "int4"                                  weights (None: float, the default)
     kv_cache_dtype="bf16"                                          the KV cache ("auto": the model's dtype)
     rbln_quantization={"weights": "int4", "kv_caches": "bf16"}     optimum-rbln's dict, also inside rbln_config
+    activations="int8" (or the dict's "activations": "int8")       activations quantized at run time (None: float)
 
 Anything else is a ValueError naming the value and what is accepted.
 """
@@ -13,7 +14,8 @@ from typing import Any
 SCHEME_BITS = {"int8": 8, "int4": 4}
 # Spellings of the KV cache dtype -> the torch dtype name CompileConfig records.
 KV_CACHE_DTYPES = {"auto": None, "float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16"}
-RBLN_KEYS = ("weights", "kv_caches")
+RBLN_KEYS = ("weights", "kv_caches", "activations")
+ACTIVATION_SCHEMES = ("int8",)  # quantization/activations.py
 
 
 def weight_scheme(value: Any) -> str | None:
@@ -45,3 +47,22 @@ def split_quantization(quantization: Any, kv_cache: Any) -> tuple[str | None, An
         raise ValueError(f"the KV cache dtype was given twice, differently: rbln_quantization['kv_caches']={dict_kv!r} "
                          f"and kv_cache_dtype={kv_cache!r}; give it once")
     return weight_scheme(quantization.get("weights")), kv_cache if dict_kv is None else dict_kv
+
+
+def activation_scheme(quantization: Any, activations: Any) -> str | None:
+    """The activations' scheme from the dict's "activations" and/or activations= (alike if both): "int8" runs
+    the projections on int8 x int8 dot products (quantization/activations.py), which needs quantized weights."""
+    from_dict = quantization.get("activations") if isinstance(quantization, dict) else None
+    if from_dict is not None and activations is not None and from_dict != activations:
+        raise ValueError(f"the activations' quantization was given twice, differently: rbln_quantization"
+                         f"['activations']={from_dict!r} and activations={activations!r}; give it once")
+    value = activations if from_dict is None else from_dict
+    if value is not None and value not in ACTIVATION_SCHEMES:
+        raise ValueError(f"unknown activations quantization {value!r}; choose {', '.join(map(repr, ACTIVATION_SCHEMES))} "
+                         "(or None for float activations, the default)")
+    weights = quantization.get("weights") if isinstance(quantization, dict) else quantization
+    if value is not None and weights is None:
+        raise ValueError(f"activations={value!r} multiplies int8 activations by quantized weights; give "
+                         "quantization='int4' or 'int8' too, e.g. rbln_quantization={'weights': 'int4', "
+                         "'activations': 'int8'}")
+    return value

@@ -36,10 +36,12 @@ def plan_of_state(state: Mapping[str, torch.Tensor]) -> dict[str, int]:
             for name, tensor in state.items() if name.endswith("." + QWEIGHT)}
 
 
-def quantize_model(model: nn.Module, plan: Mapping[str, int], dtype: torch.dtype) -> nn.Module:
+def quantize_model(model: nn.Module, plan: Mapping[str, int], dtype: torch.dtype,
+                   activations: str | None = None) -> nn.Module:
     """Swap, in place, each module named in plan for its quantized form with uninitialised tensors on the
     module's device (build the model on `meta`, then assign the packed tensors by name). dtype: the model's
-    float dtype, which the embedding's rows are dequantized to."""
+    float dtype, which the embedding's rows are dequantized to. activations: "int8" to quantize every
+    projection's input at run time (quantization/activations.py), None to keep it float."""
     unknown = sorted(name for name in plan if not is_quantized_module(name))
     if unknown:
         raise ValueError(f"quantize_model swaps the projections, the lm_head and the embedding; not {unknown[:5]}")
@@ -51,11 +53,11 @@ def quantize_model(model: nn.Module, plan: Mapping[str, int], dtype: torch.dtype
             new = QuantizedEmbedding(empty_packed(vocab, hidden, bits, old.weight.device), dtype)
         else:
             n, k = old.weight.shape
-            new = QuantizedLinear(empty_packed(n, k, bits, old.weight.device), old.bias)
+            new = QuantizedLinear(empty_packed(n, k, bits, old.weight.device), old.bias, activations)
         parent, _, leaf = name.rpartition(".")
         setattr(model.get_submodule(parent) if parent else model, leaf, new)
     if model.config.tie_word_embeddings and EMBEDDING in plan:
-        model.lm_head = QuantizedLinear(model.get_submodule(EMBEDDING).packed)
+        model.lm_head = QuantizedLinear(model.get_submodule(EMBEDDING).packed, activations=activations)
         model.tie_weights()  # one set of packed tensors for both
     return model
 

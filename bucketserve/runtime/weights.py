@@ -57,7 +57,7 @@ def build_model(
         model = PagedCausalLM(model_config, compile_config.max_seq_len, compile_config.kvcache_block_size)
         plan = plan_of_state(state)
         if plan:
-            quantize_model(model, plan, dtype)
+            quantize_model(model, plan, dtype, compile_config.activations)
         if shard is not None:
             shard_model(model, *shard)
     expected = dict(model.named_parameters())
