@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import random
 
-from ..demo.checkpoint import SPECIAL_TOKENS
-from ..engine.llm_engine import EngineConfig, LLMEngine
-from ..engine.sampling_params import SamplingParams
+from bucketserve.demo.checkpoint import SPECIAL_TOKENS
+from bucketserve.engine.llm_engine import EngineConfig, LLMEngine
+from bucketserve.engine.sampling_params import SamplingParams
+
 from .options import BenchOptions
 
 
