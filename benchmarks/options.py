@@ -11,7 +11,7 @@ BUCKETS = (8, 4, 1)
 SINGLE = (8,)
 GROUP_SIZES = (1, 4, 8)
 PEERS = ("eager", "hf", "hf-static", "llama.cpp")
-GGUF_SYSTEMS_SKIPPABLE = ("fp32", "single")  # a GGUF run's fp32 system and its int4 on the largest decoder alone
+GGUF_SYSTEMS_SKIPPABLE = ("fp32", "int8", "int4", "single")  # a GGUF run's systems; single: int4 on the largest decoder alone
 USERS = (1, 8, 16)  # concurrent streaming users each served system is driven with
 
 

@@ -63,7 +63,7 @@ def served(directory: Path, gguf_file: Path | None, conversations: list[list[dic
                 log(f"served, {users} users: bucketserve serve ({theirs['skipped']})")
                 for _ in range(options.repeats):
                     our_runs.append(drive(our_url, users, options.new_tokens, options.requests_per_user))
-                ours[str(users)] = _best(our_runs)
+                ours[str(users)] = {**_best(our_runs), "command": " ".join(command)}
                 continue
             try:
                 with servers.running("llama-server", their_command, their_port, out_dir / "llama-server.log") as their_url:

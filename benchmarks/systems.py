@@ -95,15 +95,17 @@ class GgufSystem:
 
 def gguf_systems(options: BenchOptions) -> dict:
     """The systems of a GGUF run by role: fp32, int8, int4 on options.decoder_batch_sizes, int4 on its largest
-    decoder alone (T10), and int4 from the model file (accuracy). --skip fp32 / single leaves those out."""
+    decoder alone (T10), and int4 from the model file (accuracy). --skip fp32 / int8 / int4 / single leaves those out
+    (int4 takes single and the model file's int4 with it)."""
     buckets = options.decoder_batch_sizes
     systems = {"fp32": GgufSystem(None, buckets), "int8": GgufSystem("int8", buckets), "int4": GgufSystem("int4", buckets),
                "int4 single": GgufSystem("int4", (max(buckets),)),
                "int4 model file": GgufSystem("int4", buckets, from_model_file=True)}
-    if "fp32" in options.skip_systems:
-        del systems["fp32"]
-    if "single" in options.skip_systems:
-        del systems["int4 single"]
+    left_out = {"fp32": ("fp32",), "int8": ("int8",), "int4": ("int4", "int4 single", "int4 model file"),
+                "single": ("int4 single",)}
+    for skipped in options.skip_systems:
+        for role in left_out[skipped]:
+            systems.pop(role, None)
     return systems
 
 

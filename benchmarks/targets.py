@@ -142,15 +142,16 @@ PPL_MAX = {"int8": 1.01, "int4": 1.05, "int4 (model file)": 1.05}
 
 
 def _lookup(results: dict, path: tuple, fill: dict):
-    """The figure at `path`, or (None, why) when some step of it is missing or skipped."""
-    node = results
+    """The figure at `path`, or (None, why) when some step of it is missing or was skipped ({"skipped": reason})."""
+    node, walked = results, []
     for key in path:
         key = key.format(**fill)
-        if not isinstance(node, dict) or "skipped" in node:
-            return None, f"{'/'.join(k.format(**fill) for k in path)}: {node.get('skipped') if isinstance(node, dict) else 'missing'}"
-        if key not in node:
-            return None, f"{'/'.join(k.format(**fill) for k in path)}: not measured"
+        walked.append(key)
+        if not isinstance(node, dict) or key not in node:
+            return None, f"{'/'.join(walked)}: not measured"
         node = node[key]
+        if isinstance(node, dict) and isinstance(node.get("skipped"), str):
+            return None, f"{'/'.join(walked)} skipped: {node['skipped']}"
     return node, None
 
 

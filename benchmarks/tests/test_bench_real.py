@@ -301,6 +301,10 @@ def test_gguf_run_defaults_serve_every_user_count_on_decoders_that_hold_them():
     assert build_options(parse("--real", "--decoder-batch-sizes", "1", "8")).decoder_batch_sizes == (8, 1)
     skipped = build_options(parse("--real", "--skip", "single", "fp32", "llama.cpp"))
     assert skipped.skip_systems == ("fp32", "single") and "llama.cpp" not in skipped.peers
+    from benchmarks.systems import gguf_systems
+
+    assert set(gguf_systems(skipped)) == {"int8", "int4", "int4 model file"}
+    assert set(gguf_systems(build_options(parse("--real", "--skip", "int4")))) == {"fp32", "int8"}
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -79,7 +79,9 @@ def test_llama_bench_and_batched_bench_output_is_read_with_the_command(tmp_path)
                                             "-r", "3", "-o", "json"]
     batched = llama_cpp.batched_bench(tmp_path, tmp_path / "m.gguf", threads=2, batches=(1, 8))
     assert batched["B=8"]["generation_tokens_per_second"] == 351.0 and batched["B=1"]["seconds"] == 1.0
-    assert "-npl 1,8" in batched["command"] and "-c 2048" in batched["command"]  # 8 x (128 + 128)
+    assert "-npl 1,8,1" in batched["command"] and "-c 2048" in batched["command"]  # 8 x (128 + 128)
+    with pytest.raises(llama_cpp.LlamaCppFailed, match=r"printed no JSON line for B = \[16\]"):
+        llama_cpp.batched_bench(tmp_path, tmp_path / "m.gguf", threads=2, batches=(1, 8, 16))
 
 
 def test_a_failing_or_missing_binary_is_a_reason(tmp_path, monkeypatch):
@@ -134,3 +136,20 @@ def test_a_server_that_exits_before_it_answers_names_its_log(tmp_path):
     with pytest.raises(RuntimeError, match=f"stand-in exited 3 before it answered /health; see {log}"):
         with servers.running("stand-in", [sys.executable, "-c", "raise SystemExit(3)"], servers.free_port(), log):
             pass
+
+
+def test_a_ratio_target_is_judged_from_its_figures_or_says_which_is_missing():
+    from benchmarks.targets import VERSUS_LLAMA_CPP, judge_ratio
+
+    t7 = next(t for t in VERSUS_LLAMA_CPP if t.name == "T7")
+    served = {"bucketserve serve": {"1": {"output_tokens_per_second": 150.0}}, "llama-server": {"1": {"output_tokens_per_second": 100.0}}}
+    results = {"skipped": {}, "served": {"int4": served, "int8": {"bucketserve serve": {"1": {"output_tokens_per_second": 90.0}},
+                                                                   "llama-server": {"skipped": "llama-server is not on PATH"}}}}
+    judged = judge_ratio(t7, results)
+    assert judged["met"] is None and judged["value"] == 1.5  # int4 met, int8 not measured: undecided
+    assert judged["detail"]["int8, 1 user"] == {"not measured": "served/int8/llama-server skipped: llama-server is not on PATH"}
+    results["served"]["int8"]["llama-server"] = {"1": {"output_tokens_per_second": 100.0}}
+    judged = judge_ratio(t7, results)
+    assert (judged["met"], judged["value"], judged["limit"]) == (False, 0.9, 1.3)  # the worst pair decides
+    del results["served"]["int8"]
+    assert judge_ratio(t7, results)["detail"]["int8, 1 user"] == {"not measured": "served/int8: not measured"}
