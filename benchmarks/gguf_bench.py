@@ -89,6 +89,12 @@ class GgufBench:
         bandwidth = results["memory_bandwidth"]["bytes_per_second"]
         directories = self._compile(("fp32", "int8", "int4", "int4 single"), results)
         results["model"]["files"] = {q: str(source_file(options, self.model_file, q)) for q in FILE_TYPE}
+        if "in-process" in options.skip_systems:
+            results["skipped"]["in-process"] = "left out by --skip in-process"
+            self._versus_llama_cpp(results, {role: directory for role, (_, directory) in directories.items()})
+            results["targets"] = targets.judge_real(results)
+            results["plots"] = self._plots(results)
+            return results
         tokenizer = load_tokenizer(next(iter(directories.values()))[1])
         ours = {}
         for role, (system, directory) in directories.items():

@@ -11,7 +11,10 @@ BUCKETS = (8, 4, 1)
 SINGLE = (8,)
 GROUP_SIZES = (1, 4, 8)
 PEERS = ("eager", "hf", "hf-static", "llama.cpp")
-GGUF_SYSTEMS_SKIPPABLE = ("fp32", "int8", "int4", "single")  # a GGUF run's systems; single: int4 on the largest decoder alone
+# A GGUF run's systems (single: int4 on the largest decoder alone), and "in-process": its scenarios on our loaded
+# systems alone (memory, step latency, batch 1, 8 concurrent, the seed's groups, prefix caching), leaving the
+# served, offline and engine-to-engine comparisons with llama.cpp.
+GGUF_SYSTEMS_SKIPPABLE = ("fp32", "int8", "int4", "single", "in-process")
 USERS = (1, 8, 16)  # concurrent streaming users each served system is driven with
 
 

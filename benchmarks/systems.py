@@ -102,7 +102,7 @@ def gguf_systems(options: BenchOptions) -> dict:
                "int4 single": GgufSystem("int4", (max(buckets),)),
                "int4 model file": GgufSystem("int4", buckets, from_model_file=True)}
     left_out = {"fp32": ("fp32",), "int8": ("int8",), "int4": ("int4", "int4 single", "int4 model file"),
-                "single": ("int4 single",)}
+                "single": ("int4 single",), "in-process": ()}
     for skipped in options.skip_systems:
         for role in left_out[skipped]:
             systems.pop(role, None)

@@ -305,6 +305,8 @@ def test_gguf_run_defaults_serve_every_user_count_on_decoders_that_hold_them():
 
     assert set(gguf_systems(skipped)) == {"int8", "int4", "int4 model file"}
     assert set(gguf_systems(build_options(parse("--real", "--skip", "int4")))) == {"fp32", "int8"}
+    in_process = build_options(parse("--real", "--skip", "in-process"))  # the comparisons with llama.cpp alone
+    assert in_process.skip_systems == ("in-process",) and len(gguf_systems(in_process)) == 5
 
 
 @pytest.mark.parametrize("argv, message", [
