@@ -54,7 +54,7 @@ def accuracy(args) -> None:
     from bucketserve import LLM, AutoModelForCausalLM
     from bucketserve.bench import accuracy as scorer
     from bucketserve.bench.real_scenarios import chat_prompt_ids
-    from bucketserve.bench.workload import load_tokenizer
+    from benchmarks.workload import load_tokenizer
     from bucketserve.kernels import library
 
     assert library.build() is not None, "the kernels did not build: the eager model would run the torch reference"

@@ -120,7 +120,7 @@ def measure(model, tokenizer, records, sizes) -> dict:
     """Replay a trace through the real engine on the given decoders: requests join when the engine's clock
     (the measured time of the steps run so far; idle gaps skipped) reaches their arrival. Returns the
     measured decode seconds (the runner's decode calls) and the live rows seen."""
-    from bucketserve.bench.workload import make_engine
+    from benchmarks.workload import make_engine
     from bucketserve.engine.sampling_params import SamplingParams
 
     runner = model.runner

@@ -219,7 +219,7 @@ def test_requests_arriving_together_are_prefilled_in_one_call(eager_model_dir):
 def test_soak_leaves_no_block_held_and_the_server_answering(eager_model_dir):
     """60 requests through the OpenAI server on loopback: shared and unshared prefixes, streams cancelled
     mid-way, clients that disconnect."""
-    from bucketserve.bench.soak import run_soak
+    from benchmarks.soak import run_soak
 
     result = run_soak(eager_model_dir, requests=60, concurrency=8, time_limit_s=300)
     outcomes = result["outcomes"]
@@ -235,7 +235,7 @@ def test_soak_leaves_no_block_held_and_the_server_answering(eager_model_dir):
 def test_usage_reports_cached_tokens_and_metrics_count_hits(eager_model_dir):
     import httpx
 
-    from bucketserve.bench.soak import serve_in_thread
+    from benchmarks.soak import serve_in_thread
 
     prompt = SYSTEM + [9, 10, 11]
     with serve_in_thread(eager_model_dir) as (base_url, _):

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from pathlib import Path
 
 
 def _compile(args) -> None:
@@ -144,9 +145,17 @@ def build_parser() -> argparse.ArgumentParser:
                          "bucketserve.entrypoints.openai.server", "add_serve_arguments", "run_server")
     _optional_subcommand(sub, "plan", "plan the decoder batch sizes from traffic and measured step costs",
                          "bucketserve.planner.cli", "add_plan_arguments", "run_plan")
-    _optional_subcommand(sub, "bench", "benchmark the decoder buckets against peers",
-                         "bucketserve.bench.main", "add_bench_arguments", "run_bench")
+    _benchmarks_on_path()
+    _optional_subcommand(sub, "bench", "benchmark against peers (benchmarks/ of a source checkout)",
+                         "benchmarks.cli", "add_bench_arguments", "run_bench")
     return parser
+
+
+def _benchmarks_on_path() -> None:
+    """benchmarks/ sits beside the package in a source checkout, not inside it: importable from there too."""
+    root = Path(__file__).resolve().parents[2]
+    if (root / "benchmarks" / "__init__.py").is_file() and str(root) not in sys.path:
+        sys.path.append(str(root))
 
 
 def _optional_subcommand(sub, name: str, summary: str, module: str, add_arguments: str, run: str) -> None:

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch.utils import cpp_extension
 
-from bucketserve.bench.timing import sorted_seconds
+from benchmarks.timing import sorted_seconds
 from bucketserve.kernels import library
 
 torch.set_num_threads(2)

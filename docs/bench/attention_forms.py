@@ -14,7 +14,7 @@ import sys
 
 import torch
 
-from bucketserve.bench.timing import sorted_seconds
+from benchmarks.timing import sorted_seconds
 from bucketserve.kernels import library
 from bucketserve.models.llama import decode_attention
 

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bucketserve.bench.timing import sorted_seconds
+from benchmarks.timing import sorted_seconds
 from bucketserve.compiler.aoti import compile_graph, load_graph
 from bucketserve.compiler.graph_specs import GraphSpec
 from bucketserve.compiler.packed_weights import FOLD_CONFIGS, GEMM_TEMPLATE_CONFIGS

@@ -10,8 +10,8 @@ import sys
 
 import torch
 
+from benchmarks.memory import run_every_graph_once
 from bucketserve import AutoModelForCausalLM
-from bucketserve.bench.memory import run_every_graph_once
 
 MiB = 1 << 20
 

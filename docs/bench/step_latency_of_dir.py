@@ -12,9 +12,9 @@ import sys
 
 import torch
 
+from benchmarks import roofline, scenarios
+from benchmarks.options import BenchOptions
 from bucketserve import AutoModelForCausalLM
-from bucketserve.bench import roofline, scenarios
-from bucketserve.bench.options import BenchOptions
 
 torch.set_num_threads(2)
 bandwidth = roofline.read_bandwidth()

@@ -1,5 +1,5 @@
-"""Peers on the same weights and prompts, greedy: HF transformers `generate` (eager, and static cache +
-torch.compile) and llama.cpp through llama-cpp-python on the same weights converted to GGUF F32.
+"""HF transformers `generate` on the same weights and prompts, greedy: eager, and static cache + torch.compile.
+(llama.cpp, the other peer, runs through its own binaries: llama_cpp.py.)
 
 Each returns the same fields as scenarios.run_requests (seconds, output tokens, tokens/s, token ids), or
 {"skipped": reason} when the peer cannot run here.
@@ -68,32 +68,3 @@ def hf_groups(model, options: BenchOptions, tokenizer_vocab: int, static: bool) 
         seconds, tokens = _hf_run(model, prompts, options.new_tokens, static)
         results[str(size)] = _result(size, seconds, tokens, **extra)
     return results
-
-
-def llama_cpp_groups(gguf_path, options: BenchOptions, tokenizer_vocab: int) -> dict:
-    """llama.cpp at batch 1 (its Python API runs one sequence): each group's requests one after another."""
-    try:
-        from llama_cpp import Llama
-    except ImportError as err:
-        return {"skipped": f"llama-cpp-python is not installed ({err}); pip install -e '.[bench]'"}
-    # The GGUF is always F32 (checkpoints.gguf_writer): with --dtype bfloat16 llama.cpp still reads fp32 weights.
-    llm = Llama(model_path=str(gguf_path), n_ctx=options.max_seq_len, n_batch=options.prefill_chunk_size,
-                n_threads=options.threads, n_threads_batch=options.threads, seed=options.seed, verbose=False)
-    _llama_cpp_generate(llm, make_prompts(options, 1, tokenizer_vocab, salt=99)[0], 2)  # warm-up
-    results = {}
-    for size in GROUP_SIZES:
-        started, tokens = time.perf_counter(), []
-        for prompt in make_prompts(options, size, tokenizer_vocab, salt=size):
-            tokens.append(_llama_cpp_generate(llm, prompt, options.new_tokens))
-        results[str(size)] = _result(size, time.perf_counter() - started, tokens, batch=1)
-    return results
-
-
-def _llama_cpp_generate(llm, prompt: list[int], new_tokens: int) -> list[int]:
-    llm.reset()
-    tokens = []
-    for token in llm.generate(prompt, top_k=1, top_p=1.0, min_p=0.0, temp=0.0, repeat_penalty=1.0, reset=True):
-        tokens.append(token)
-        if len(tokens) == new_tokens:
-            break
-    return tokens

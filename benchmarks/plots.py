@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .options import GROUP_SIZES
+from .systems import FILE_TYPE
 
 
 def matplotlib_missing() -> str | None:
@@ -30,6 +31,14 @@ def write_plots(results: dict, out_dir: Path) -> list[Path]:
     plt = pyplot(out_dir)
     return [_step_plot(results, out_dir / "step_time_vs_floor.png", plt),
             _throughput_plot(results, out_dir / "tokens_per_second.png", plt)]
+
+
+def write_gguf_plots(results: dict, out_dir: Path) -> list[Path]:
+    """The GGUF run's: served tokens/s of bucketserve and llama-server per user count at each bits (the ratio over
+    each pair), and each decoder's step time against its floor."""
+    plt = pyplot(out_dir)
+    return [_versus_plot(results, out_dir / "real_vs_llama_cpp.png", plt),
+            _step_plot(results, out_dir / "real_step_time_vs_floor.png", plt)]
 
 
 def _step_plot(results: dict, path: Path, plt) -> Path:
@@ -68,6 +77,33 @@ def _throughput_plot(results: dict, path: Path, plt) -> Path:
     ax.set_ylabel("output tokens / s")
     ax.set_title("output tokens/s per scenario (arrivals: bucketserve only)")
     ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _served_rate(served: dict, system: str, users: str) -> float:
+    return served.get(system, {}).get(users, {}).get("output_tokens_per_second", 0.0)
+
+
+def _versus_plot(results: dict, path: Path, plt) -> Path:
+    users = [str(u) for u in results["options"]["users"]]
+    fig, axes = plt.subplots(1, len(FILE_TYPE), figsize=(11, 4.5), squeeze=False)
+    for ax, (quantization, file_type) in zip(axes[0], FILE_TYPE.items(), strict=True):
+        served = results.get("served", {}).get(quantization, {})
+        ours = [_served_rate(served, "bucketserve serve", u) for u in users]
+        theirs = [_served_rate(served, "llama-server", u) for u in users]
+        positions = range(len(users))
+        ax.bar([p - 0.2 for p in positions], ours, width=0.4, label="bucketserve serve")
+        ax.bar([p + 0.2 for p in positions], theirs, width=0.4, label=f"llama-server ({file_type})")
+        for p, (a, b) in enumerate(zip(ours, theirs, strict=True)):
+            if a and b:
+                ax.annotate(f"{a / b:.2f}x", (p - 0.2, a), ha="center", va="bottom", fontsize=9)
+        ax.set_xticks(list(positions), [f"{u} users" for u in users])
+        ax.set_ylabel("output tokens / s")
+        ax.set_title(f"{quantization} / {file_type}, {results['options']['new_tokens']} greedy tokens per request")
+        ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

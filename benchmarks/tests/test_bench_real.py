@@ -1,20 +1,22 @@
-"""`bucketserve bench --real --accuracy --quick`: the real-model mode's pipeline on a tiny random model written as
-GGUF (run uncompiled: the pipeline, not the graphs, is under test here), the llama.cpp peer run or skipped with
-its reason, perplexity checked against HF transformers' logits, and bad options refused. Never a timing."""
+"""`bucketserve bench --real --accuracy --quick`: the GGUF run's pipeline on a tiny random model written as GGUF
+(run uncompiled: the pipeline, not the graphs, is under test here), served over HTTP and offline, llama.cpp's
+binaries run (from $BUCKETSERVE_LLAMA_BIN, else PATH) or skipped with the reason, perplexity checked against HF
+transformers' logits, and bad options refused. Never a timing."""
 from __future__ import annotations
 
 import json
 import math
-import sys
+import os
 
 import pytest
 import torch
 
-from bucketserve.bench import accuracy
-from bucketserve.bench.options import build_options
+from benchmarks import accuracy
+from benchmarks.options import build_options
 from bucketserve.entrypoints.cli import build_parser
 
-SPEED_TARGETS = ("T7", "T8", "T9", "T10", "int4/fp32", "int8/fp32", "T11", "T12")
+SPEED_TARGETS = ("T7", "T8", "engine tg", "engine B=8", "server/offline", "T9", "T10", "int4/fp32", "int8/fp32", "T11", "T12")
+LLAMA_BIN = os.environ.get("BUCKETSERVE_LLAMA_BIN")  # llama.cpp's bin/ for the peers; unset: PATH (or skipped)
 ACCURACY_TARGETS = ("ppl int8", "ppl int4", "ppl int4 (model file)")
 SYSTEMS = ("fp32 [8, 4, 1]", "int8 [8, 4, 1]", "int4 [8, 4, 1]", "int4 [8]")
 
@@ -27,7 +29,8 @@ def parse(*argv):
 def real_run(tmp_path_factory):
     """One `bucketserve bench --real --accuracy --quick` for the module, through the CLI's own parser."""
     root = tmp_path_factory.mktemp("bench-real")
-    args = parse("--real", "--accuracy", "--quick", "--cache-dir", str(root / "cache"), "--out-dir", str(root / "out"))
+    args = parse("--real", "--accuracy", "--quick", "--cache-dir", str(root / "cache"), "--out-dir", str(root / "out"),
+                 *(["--llama-bin", LLAMA_BIN] if LLAMA_BIN else []))
     returned = args.func(args)
     speed = json.loads((root / "out" / "bench.json").read_text())
     accuracy_results = json.loads((root / "out" / "accuracy.json").read_text())
@@ -82,35 +85,60 @@ def test_interleaved_scenarios_count_every_token(real_run):
     assert speed["concurrent_8"]["fp32 [8, 4, 1]"]["decode_steps_per_decoder"]["8"] > 0
 
 
+def test_served_and_offline_count_every_token_at_every_user_count(real_run):
+    _, speed, _, _ = real_run
+    options = speed["options"]
+    per_run = options["requests_per_user"] * options["new_tokens"]
+    for quantization in ("int8", "int4"):
+        ours = speed["served"][quantization]["bucketserve serve"]
+        assert set(ours) == {str(u) for u in options["users"]}
+        for users, run in ours.items():
+            assert run["requests"] == int(users) * options["requests_per_user"]
+            assert run["output_tokens"] == int(users) * per_run, (quantization, users)
+            assert run["ttft_seconds"]["p50"] > 0 and run["ttft_seconds"]["p99"] >= run["ttft_seconds"]["p50"]
+            assert run["inter_token_seconds"]["p50"] > 0
+            assert "bucketserve.entrypoints.cli serve" in run["command"]
+            assert speed["offline"][quantization][users]["output_tokens"] == int(users) * per_run
+        ours_engine = speed["engine"][quantization]["bucketserve LLM.generate"]
+        shapes = speed["engine_shapes"]
+        assert {f"tg{shapes['tg']}", f"pp{shapes['pp']}"} | {f"B={b}" for b in shapes["batches"]} == set(ours_engine)
+
+
 def test_llama_cpp_runs_on_the_same_files_or_says_why_not(real_run):
     _, speed, _, _ = real_run
     for quantization, file_type in (("int8", "Q8_0"), ("int4", "Q4_0")):
-        peer = f"llama.cpp {file_type}"
-        if "llama.cpp" in speed["skipped"]:
-            assert peer not in speed["batch_1"]
-            continue
         assert speed["model"]["files"][quantization].endswith(f".{file_type}.gguf")
-        for scenario in ("batch_1", "concurrent_8"):
-            assert speed[scenario][peer]["output_tokens"] == speed[scenario][peer]["requests"] * speed["options"]["new_tokens"]
+        theirs = speed["served"][quantization]["llama-server"]
+        if "skipped" in theirs:  # a missing binary is a reason naming it and how to get it, never a silent gap
+            assert "llama-server" in theirs["skipped"] and "--llama-bin" in theirs["skipped"]
+        else:
+            for users, run in theirs.items():
+                assert run["output_tokens"] == int(users) * speed["options"]["requests_per_user"] * speed["options"]["new_tokens"]
+                assert f"-np {users}" in run["command"] and speed["model"]["files"][quantization] in run["command"]
+        for peer in ("llama-bench", "llama-batched-bench"):
+            figures = speed["engine"][quantization][peer]
+            if "skipped" in figures:
+                assert peer in figures["skipped"]
+            else:
+                assert figures["command"].split()[0].endswith(peer) and len(figures) > 1
 
 
-def test_llama_cpp_missing_is_a_reason_not_a_failure(real_run, monkeypatch):
-    from bucketserve.bench.real_main import RealBench
+def test_llama_cpp_missing_is_a_reason_not_a_failure(real_run, tmp_path):
+    from benchmarks import serving
 
     _, _, _, root = real_run
-    monkeypatch.setitem(sys.modules, "llama_cpp", None)  # import llama_cpp now raises ImportError
-    options = build_options(parse("--real", "--quick", "--cache-dir", str(root / "cache")))
-    results = {"skipped": {}}
-    assert RealBench(options)._llama_cpp_peers(results, ["int8", "int4"]) == {}
-    assert "llama-cpp-python is not installed" in results["skipped"]["llama.cpp"]
-    assert "pip install" in results["skipped"]["llama.cpp"]
+    options = build_options(parse("--real", "--quick", "--cache-dir", str(root / "cache"), "--llama-bin", str(tmp_path)))
+    figures = serving.llama_cpp_engine(tmp_path / "model.gguf", options)
+    for peer in ("llama-bench", "llama-batched-bench"):
+        assert f"{peer} is not in --llama-bin {tmp_path}" in figures[peer]["skipped"]
+        assert "docs/PERFORMANCE.md" in figures[peer]["skipped"]
 
 
 def test_every_target_is_judged_with_its_limit(real_run):
     _, speed, accuracy_results, _ = real_run
     assert tuple(speed["targets"]) == SPEED_TARGETS
     assert tuple(accuracy_results["targets"]) == ACCURACY_TARGETS
-    limits = {"T7": 1.3, "T8": 4.0, "T9": 1.3, "T10": 0.7, "int4/fp32": 0.4, "int8/fp32": 0.55, "T11": 0.2, "T12": 0.5, "ppl int8": 1.01, "ppl int4": 1.05,
+    limits = {"T7": 1.3, "T8": 2.0, "engine tg": 1.2, "engine B=8": 2.0, "server/offline": 0.95, "T9": 1.3, "T10": 0.7, "int4/fp32": 0.4, "int8/fp32": 0.55, "T11": 0.2, "T12": 0.5, "ppl int8": 1.01, "ppl int4": 1.05,
               "ppl int4 (model file)": 1.05}
     for name, target in {**speed["targets"], **accuracy_results["targets"]}.items():
         assert target["met"] in (True, False, None), name
@@ -121,6 +149,7 @@ def test_every_target_is_judged_with_its_limit(real_run):
             assert target["value"] is not None, name
     quantized_ran = "int8 [8, 4, 1]" in speed["systems"]
     assert (speed["targets"]["int8/fp32"]["met"] is not None) == quantized_ran
+    assert speed["targets"]["server/offline"]["met"] is not None  # needs no peer: always judged
     assert (accuracy_results["targets"]["ppl int8"]["met"] is not None) == quantized_ran
 
 
@@ -224,7 +253,7 @@ def test_agreement_counts_identical_sequences_and_common_prefixes():
 def test_weight_bytes_count_whatever_the_model_stores(tiny_llm):
     """A quantized projection's packed values, scales and mins are read every step: a tensor the model stores
     (a persistent buffer) counts in the floor; the rotary table (not stored) does not."""
-    from bucketserve.bench.roofline import weight_bytes_per_step
+    from benchmarks.roofline import weight_bytes_per_step
 
     _, llm = tiny_llm
     model = llm.model
@@ -263,3 +292,32 @@ def test_real_mode_defaults_and_quick_defaults():
     quick = build_options(parse("--accuracy", "--quick", "--repeats", "2"))
     assert (quick.accuracy, quick.compiler, quick.repeats) == (True, "eager", 2)  # explicit flags win over --quick's
     assert build_options(parse("--quick")).real is False
+
+
+def test_gguf_run_defaults_serve_every_user_count_on_decoders_that_hold_them():
+    real = build_options(parse("--real"))
+    assert (real.decoder_batch_sizes, real.users, real.requests_per_user) == ((16, 8, 4, 1), (1, 8, 16), 2)
+    assert build_options(parse("--real", "--users", "8", "1", "8")).users == (1, 8)
+    assert build_options(parse("--real", "--decoder-batch-sizes", "1", "8")).decoder_batch_sizes == (8, 1)
+    skipped = build_options(parse("--real", "--skip", "single", "fp32", "llama.cpp"))
+    assert skipped.skip_systems == ("fp32", "single") and "llama.cpp" not in skipped.peers
+    from benchmarks.systems import gguf_systems
+
+    assert set(gguf_systems(skipped)) == {"int8", "int4", "int4 model file"}
+    assert set(gguf_systems(build_options(parse("--real", "--skip", "int4")))) == {"fp32", "int8"}
+    in_process = build_options(parse("--real", "--skip", "in-process"))  # the comparisons with llama.cpp alone
+    assert in_process.skip_systems == ("in-process",) and len(gguf_systems(in_process)) == 5
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--requests-per-user", "2"], "--requests-per-user 2 is an option of the real-model mode"),
+    (["--users", "4"], "--users [4] is an option of the real-model mode"),
+    (["--real", "--users", "0", "8"], "--users must be >= 1, got [0, 8]"),
+    (["--real", "--requests-per-user", "0"], "--requests-per-user must be >= 1, got 0"),
+    (["--skip", "fp32"], "--skip ['fp32'] names no peer; peers are eager, hf, hf-static, llama.cpp"),
+])
+def test_bad_serving_options_are_refused_before_anything_runs(argv, message):
+    import re
+
+    with pytest.raises(ValueError, match=re.escape(message)):
+        build_options(parse(*argv))

@@ -25,7 +25,7 @@ def serve_in_thread(model_dir: str | Path, **context_options):
     """The OpenAI server over model_dir on a free loopback port, in a thread; yields (base_url, ctx)."""
     import uvicorn
 
-    from ..entrypoints.openai.server import build_app, load_server_context
+    from bucketserve.entrypoints.openai.server import build_app, load_server_context
 
     ctx = load_server_context(model_dir, served_model_name="soak", **context_options)
     sock = socket.socket()

@@ -43,7 +43,7 @@ def step_latency(model, options: BenchOptions, bytes_per_second: float) -> dict:
 
 def run_requests(engine, prompts: list[list[int]], params) -> dict:
     """Add every prompt at once, step until all finish; time, output tokens and decoder use."""
-    runner = engine.model.runner
+    runner = engine.executor.driver
     steps_before = dict(runner.decode_steps_per_decoder)
     started = time.perf_counter()
     for prompt in prompts:

@@ -18,11 +18,12 @@ from collections import defaultdict
 
 import torch
 
-from ..compiler.graph_specs import CONTEXT_GRANULE
-from ..models.projections import dense_linear
-from .artifacts import system_name
+from bucketserve.compiler.graph_specs import CONTEXT_GRANULE
+from bucketserve.models.projections import dense_linear
+
 from .options import BUCKETS, BenchOptions
 from .scenarios import full_context_tables
+from .systems import system_name
 from .timing import sorted_seconds
 from .workload import greedy_params, make_engine, make_prompts
 

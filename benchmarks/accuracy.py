@@ -4,21 +4,21 @@ with another system's token for token."""
 from __future__ import annotations
 
 import math
-from importlib import resources
+from pathlib import Path
 
-from ..engine.sampling_params import SamplingParams
+from bucketserve.engine.sampling_params import SamplingParams
 
-TEXT_FILE = "data/founding_documents.txt"  # public-domain US founding documents, under bucketserve/bench/
+TEXT_FILE = "data/founding_documents.txt"  # public-domain US founding documents, under benchmarks/
 
 
 def load_text() -> str:
-    return resources.files("bucketserve.bench").joinpath(TEXT_FILE).read_text(encoding="utf-8")
+    return (Path(__file__).parent / TEXT_FILE).read_text(encoding="utf-8")
 
 
 def chat_questions() -> list[str]:
     """The seed page's 13 questions and the demo's 3 chat questions."""
-    from ..demo.prompts import all_prompts
-    from ..demo.run import CHAT_QUESTIONS
+    from bucketserve.demo.prompts import all_prompts
+    from bucketserve.demo.prompts import CHAT_QUESTIONS
 
     return all_prompts() + list(CHAT_QUESTIONS)
 
@@ -67,22 +67,7 @@ def agreement(reference: list[list[int]], other: list[list[int]]) -> dict:
 
 
 def llama_cpp_perplexity(gguf_file, token_ids: list[int], window: int, threads: int) -> dict:
-    """The same perplexity from llama.cpp's logits on a GGUF file (the reference for a file's own loss: a Q4_0
-    file requantized from Q4_1 loses what it loses in any engine). Raises ImportError without llama-cpp-python."""
-    import numpy as np
-    from llama_cpp import Llama
+    """The same perplexity from llama.cpp's logits on a GGUF file, in the same windows (llama_cpp.py)."""
+    from .llama_cpp import perplexity_from_logits
 
-    llm = Llama(model_path=str(gguf_file), n_ctx=window + 1, n_batch=min(512, window), n_threads=threads,
-                n_threads_batch=threads, logits_all=True, verbose=False)
-    nll, scored, chunks = 0.0, 0, windows(token_ids, window)
-    try:
-        for chunk in chunks:
-            llm.reset()
-            llm.eval(chunk)
-            logits = np.asarray(llm.scores[: len(chunk) - 1], dtype=np.float64)  # row i predicts token i + 1
-            logprobs = logits - np.logaddexp.reduce(logits, axis=1, keepdims=True)
-            nll -= float(logprobs[np.arange(len(chunk) - 1), chunk[1:]].sum())
-            scored += len(chunk) - 1
-    finally:
-        llm.close()
-    return {"perplexity": math.exp(nll / scored), "mean_nll": nll / scored, "tokens_scored": scored, "windows": len(chunks)}
+    return perplexity_from_logits(gguf_file, windows(token_ids, window), threads)

@@ -1,8 +1,8 @@
-"""The real-model mode's timed scenarios, each run interleaved: every round runs each system once, in an order
+"""The GGUF run's in-process scenarios on bucketserve's own systems, each run interleaved: every round runs each system once, in an order
 that rotates from round to round, so a slow spell of the shared machine falls on all of them alike.
 
-- batch 1: one chat prompt, `new_tokens` greedy tokens (T7, and int4/int8 against fp32);
-- 8 concurrent: the seed's 8 large-group prompts at once, `new_tokens` each (T8);
+- batch 1: one chat prompt, `new_tokens` greedy tokens (int4/int8 against fp32);
+- 8 concurrent: the seed's 8 large-group prompts at once, `new_tokens` each;
 - the seed's groups: 1, 4 and 8 chats one group after another, each answer ending at its own EOS or at
   `new_tokens` (T10: [8, 4, 1] against [8], so a group steps down to smaller decoders as answers end).
 """
@@ -10,10 +10,30 @@ from __future__ import annotations
 
 import statistics
 
-from ..demo.prompts import CONVERSATION_GROUPS
+from bucketserve.demo.prompts import CONVERSATION_GROUPS
+from bucketserve.engine.sampling_params import SamplingParams
+
 from .options import BenchOptions
+from .scenarios import run_requests
+from .workload import make_engine
 
 WARMUP_TOKENS = 2
+
+
+class Ours:
+    """An LLMEngine over a loaded compiled directory: every prompt added at once (continuous batching on the
+    smallest decoder that fits), greedy; its timings include the prompts' prefill."""
+
+    def __init__(self, name: str, model, tokenizer):
+        self.name, self.model = name, model
+        self.engine = make_engine(model, tokenizer)
+
+    def generate(self, prompts: list[list[int]], max_tokens: int, ignore_eos: bool) -> dict:
+        params = SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=ignore_eos)
+        return run_requests(self.engine, prompts, params)
+
+    def close(self) -> None:
+        self.model.close()
 
 
 def chat_prompt_ids(tokenizer, question: str) -> list[int]:

@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import random
 
-from ..demo.checkpoint import SPECIAL_TOKENS
-from ..engine.llm_engine import EngineConfig, LLMEngine
-from ..engine.sampling_params import SamplingParams
+from bucketserve.demo.checkpoint import SPECIAL_TOKENS
+from bucketserve.engine.llm_engine import EngineConfig, LLMEngine
+from bucketserve.engine.sampling_params import SamplingParams
+
 from .options import BenchOptions
 
 
@@ -31,4 +32,4 @@ def make_engine(model, tokenizer, enable_prefix_caching: bool = True) -> LLMEngi
     compiled = model.compile_config
     config = EngineConfig(max_num_seqs=compiled.batch_size, max_num_batched_tokens=compiled.max_seq_len,
                           max_model_len=compiled.max_seq_len, enable_prefix_caching=enable_prefix_caching)
-    return LLMEngine(model, tokenizer, config)
+    return LLMEngine(model.executor, tokenizer, config)

@@ -43,7 +43,7 @@ def _readers(buffer: torch.Tensor) -> dict:
     """{name: (read, bytes it reads)}: ways to read (nearly) every byte of `buffer` once, doing little else:
     a reduction, BLAS's matrix-vector product, and our GEMM kernel at one row where it serves this machine
     (it prefetches far ahead)."""
-    from ..kernels import library
+    from bucketserve.kernels import library
 
     matrix = buffer.view(-1, 1024)
     vector = torch.ones(1024)

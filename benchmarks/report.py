@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 from . import prefix_scenarios
@@ -11,6 +12,15 @@ from .options import GROUP_SIZES
 GB = 1e9
 
 PARTIAL_FILE = "bench.partial.json"  # rewritten after every scenario, so a run cut short keeps its figures
+
+
+def command_line() -> str | None:
+    """The command that started this run, when it came through our CLI (console script or `python -m`)."""
+    if sys.argv and sys.argv[0].endswith(("bucketserve", "entrypoints/cli.py")):
+        return " ".join(["bucketserve"] + sys.argv[1:])
+    if sys.argv and sys.argv[0].endswith("benchmarks/__main__.py"):
+        return " ".join(["python -m benchmarks"] + sys.argv[1:])
+    return None
 
 
 def _ms(seconds) -> str:
@@ -119,3 +129,107 @@ def finish_run(results: dict, seconds: float, path: Path, table: str) -> None:
     (path.parent / PARTIAL_FILE).unlink(missing_ok=True)
     print(table)
     print(f"\nresults: {path}" + "".join(f", {p}" for p in results.get("plots", [])))
+
+
+# The GGUF run's tables (--real and --accuracy) ------------------------------------------------------------
+def _header(results: dict) -> list[str]:
+    options, machine = results["options"], results["machine"]
+    return [f"bucketserve bench --{results['mode']}: {results['model']['file']}, max_seq_len {options['max_seq_len']}, "
+            f"{options['new_tokens']} new tokens, {machine['threads']} threads on {machine['processor']} "
+            f"({machine['logical_cores']} cores), torch {machine['torch']}"]
+
+
+def _compact(value) -> str:
+    """A target's detail on one line: floats to 3 significant digits."""
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {_compact(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    return str(value)
+
+
+def _targets(results: dict) -> list[str]:
+    lines = ["", "targets"]
+    for name, target in results["targets"].items():
+        limit = target["limit"]
+        lines.append(f"   {name:10s} {_met(target['met']):12s} value {_value(target['value'])} (limit {_value(limit)}): "
+                     f"{target['description']}")
+        if target["met"] is not True:
+            lines.append(f"              why: {_compact(target['detail'])}")
+    if results.get("skipped"):
+        lines += [""] + [f"skipped {name}: {reason}" for name, reason in results["skipped"].items()]
+    return lines
+
+
+def format_speed(results: dict) -> str:
+    bandwidth = results["memory_bandwidth"]
+    lines = _header(results) + [
+        f"memory read bandwidth: {bandwidth['bytes_per_second'] / GB:.2f} GB/s; every timing the median of "
+        f"{results['options']['repeats']} interleaved rounds",
+        "", "1. decode step at full context        step ms    floor ms   x floor   weights MB  KV MB"]
+    for system, steps in results["step_latency"].items():
+        for batch, step in steps.items():
+            lines.append(f"   {system:16s} decoder {batch:>2s}    {_ms(step['median_seconds'])}   "
+                         f"{_ms(step['floor_seconds'])}   {step['ratio_to_floor']:6.2f}   "
+                         f"{step['weight_bytes'] / 1e6:9.1f}  {step['kv_bytes'] / 1e6:6.1f}")
+    for number, (scenario, title) in enumerate((("batch_1", "batch 1"), ("concurrent_8", "8 concurrent requests"),
+                                                ("seed_groups", "the seed's groups 1, 4, 8 (answers end at EOS)")), start=2):
+        if results[scenario]:
+            lines += ["", f"{number}. {title}: seconds (output tok/s)"]
+            for system, run in results[scenario].items():
+                lines.append(f"   {system:20s} {run['median_seconds']:8.2f} ({_rate(run['output_tokens_per_second'])})"
+                             f"   {run['output_tokens']} tokens")
+    lines += _versus_lines(results)
+    lines += prefix_scenarios.report_lines(results)
+    return "\n".join(lines + _targets(results))
+
+
+def format_accuracy(results: dict) -> str:
+    text = results["text"]
+    lines = _header(results) + [f"perplexity on {text['file']} ({text['tokens']} of its {text['text_tokens']} tokens, "
+                                f"windows of {text['window_tokens']})"]
+    for name, ppl in results["perplexity"].items():
+        agreement = results["greedy_agreement"].get(name)
+        same = "" if agreement is None else (f"   greedy answers identical to fp32's: {agreement['identical']}/{agreement['sequences']}"
+                                             f" (prefix fraction {agreement['mean_prefix_fraction']:.2f})")
+        peer = results.get("llama_cpp_perplexity", {}).get(name)
+        peer = "" if peer is None else f"   llama.cpp on {peer['file']}: {peer['perplexity']:.3f}"
+        lines.append(f"   {name:5s} {ppl['perplexity']:9.3f}{peer}{same}")
+    return "\n".join(lines + _targets(results))
+
+
+def _served_cell(run: dict) -> str:
+    if "skipped" in run:
+        return "skipped"
+    ttft, itl = run["ttft_seconds"], run["inter_token_seconds"]
+    return (f"{run['output_tokens_per_second']:7.1f} tok/s  TTFT p50/p99 {_ms(ttft['p50'])}/{_ms(ttft['p99'])} ms  "
+            f"ITL p50/p99 {_ms(itl['p50'])}/{_ms(itl['p99'])} ms")
+
+
+def _versus_lines(results: dict) -> list[str]:
+    """Served (per user count), offline and engine-to-engine figures of each quantization against llama.cpp."""
+    lines = []
+    for quantization, served in results.get("served", {}).items():
+        lines += ["", f"served over HTTP, {quantization} (llama.cpp: the same file at the same bits), median of "
+                      f"{results['options']['repeats']} alternating rounds"]
+        for system, runs in served.items():
+            if "skipped" in runs:
+                lines.append(f"   {system:18s} skipped: {runs['skipped']}")
+                continue
+            for users, run in runs.items():
+                lines.append(f"   {system:18s} {users:>2s} users  {_served_cell(run)}" + (
+                    f"  skipped: {run['skipped']}" if "skipped" in run else ""))
+        offline = results.get("offline", {}).get(quantization, {})
+        for users, run in offline.items():
+            lines.append(f"   {'LLM.chat offline':18s} {users:>2s} users  {run['output_tokens_per_second']:7.1f} tok/s")
+        engine = results.get("engine", {}).get(quantization, {})
+        if engine:
+            lines.append(f"   engine to engine, {quantization}:")
+            for system, figures in engine.items():
+                if "skipped" in figures:
+                    lines.append(f"      {system:26s} skipped: {figures['skipped']}")
+                    continue
+                cells = [f"{name} {_rate(value.get('tokens_per_second', value.get('generation_tokens_per_second')))}"
+                         for name, value in figures.items() if isinstance(value, dict)]
+                lines.append(f"      {system:26s} " + "  ".join(c.replace("  ", " ") for c in cells) + " tok/s")
+    return lines

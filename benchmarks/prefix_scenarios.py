@@ -11,9 +11,10 @@ import statistics
 import time
 import traceback
 
-from ..demo.checkpoint import SPECIAL_TOKENS
-from ..demo.prompts import LARGE_BATCH_CONVERSATIONS
-from ..engine.sampling_params import SamplingParams
+from bucketserve.demo.checkpoint import SPECIAL_TOKENS
+from bucketserve.demo.prompts import LARGE_BATCH_CONVERSATIONS
+from bucketserve.engine.sampling_params import SamplingParams
+
 from .workload import make_engine
 
 SYSTEM_PROMPT_TOKENS = 1000  # T11: the cached part, about 90% of the prompt

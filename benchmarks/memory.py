@@ -3,9 +3,12 @@ interpreter so nothing else the benchmark holds (other models, peers) is counted
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
+
+CHECKOUT = Path(__file__).resolve().parent.parent  # the folder holding benchmarks/
 
 _PROBE = r"""
 import json, sys, psutil
@@ -13,7 +16,7 @@ process = psutil.Process()
 import torch
 torch.set_num_threads(int(sys.argv[2]))
 from bucketserve import AutoModelForCausalLM
-from bucketserve.bench.memory import run_every_graph_once
+from benchmarks.memory import run_every_graph_once
 before = process.memory_info().rss
 model = AutoModelForCausalLM.from_pretrained(sys.argv[1])
 after = process.memory_info().rss
@@ -41,8 +44,10 @@ def resident_after_load(directory: Path, threads: int) -> dict:
     once, against the bytes it must hold: weights once plus the whole KV cache. `ratio` is after the steps
     (what serving holds), `ratio_after_load` before them. Weights reordered for the compiled graphs
     (compiler/packed_weights.py) count in the RSS; their plain copies count where something reads them."""
+    # The probe imports this folder as `benchmarks`: the checkout's root goes first on its path.
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, (str(CHECKOUT), os.environ.get("PYTHONPATH")))))
     done = subprocess.run([sys.executable, "-c", _PROBE, str(directory), str(threads)],
-                          capture_output=True, text=True, check=False)
+                          capture_output=True, text=True, check=False, env=env)
     if done.returncode != 0:
         return {"error": done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit {done.returncode}"}
     result = json.loads(done.stdout.strip().splitlines()[-1])

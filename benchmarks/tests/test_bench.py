@@ -120,7 +120,7 @@ def test_tensor_parallel_step_latency_per_decoder_or_a_reason(quick_run):
 
 
 def test_tp_sizes_option():
-    from bucketserve.bench.options import build_options
+    from benchmarks.options import build_options
 
     def sizes(*argv):
         return build_options(build_parser().parse_args(["bench", "--quick", *argv])).tensor_parallel_sizes
@@ -134,7 +134,7 @@ def test_tp_sizes_option():
 
 @pytest.mark.parametrize("flag", ["--prompt-len", "--new-tokens", "--step-repeats", "--arrival-requests", "--threads"])
 def test_counts_below_one_are_refused_before_anything_runs(flag):
-    from bucketserve.bench.options import build_options
+    from benchmarks.options import build_options
 
     with pytest.raises(ValueError, match=f"{flag} must be >= 1, got 0"):
         build_options(build_parser().parse_args(["bench", "--quick", flag, "0"]))
@@ -167,7 +167,7 @@ def test_plots_written_or_skipped_with_a_reason(quick_run):
 
 
 def test_missing_matplotlib_skips_plots(monkeypatch):
-    from bucketserve.bench import plots
+    from benchmarks import plots
 
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now raises ImportError
     assert "matplotlib is not installed" in plots.matplotlib_missing()
@@ -177,7 +177,7 @@ def test_missing_matplotlib_skips_plots(monkeypatch):
     ("/venv/bin/bucketserve", True), ("/repo/bucketserve/entrypoints/cli.py", True), ("pytest", False),
 ])
 def test_the_command_line_is_recorded_when_run_through_the_cli(monkeypatch, argv0, recorded):
-    from bucketserve.bench.main import _command_line
+    from benchmarks.report import command_line
 
     monkeypatch.setattr(sys, "argv", [argv0, "bench", "--quick"])
-    assert _command_line() == ("bucketserve bench --quick" if recorded else None)
+    assert command_line() == ("bucketserve bench --quick" if recorded else None)
