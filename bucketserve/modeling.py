@@ -21,6 +21,7 @@ from .compiler.manifest import read_manifest, verify_manifest, weight_like_files
 from .compiler.tensor_parallel import compile_tensor_parallel
 from .config import CompileConfig, build_compile_config, normalize_decoder_batch_sizes, split_rbln_aliases
 from .models.config import SUPPORTED_MODEL_TYPES, ModelConfig
+from .quantization.checkpoint_state import default_quantization
 from .quantization.options import kv_cache_dtype, split_quantization
 from .runtime.distributed import RankPlacement
 from .runtime.kv_cache import KVCache
@@ -75,7 +76,7 @@ class BucketModelForCausalLM:
     def _compile(cls, checkpoint: Checkpoint, options: dict[str, Any]):
         model_config = ModelConfig.from_hf_dict(checkpoint.hf_config)
         cls._check_model_type(model_config.model_type)
-        compile_config = build_compile_config(options, model_config)
+        compile_config = build_compile_config(options, model_config, default_quantization(checkpoint))
         # Nothing is read (or dequantized, or quantized) until a tensor is used.
         model_config = tied_as_stored(model_config, checkpoint.float_tensors())
         out_dir = Path(tempfile.mkdtemp(prefix="bucketserve-"))

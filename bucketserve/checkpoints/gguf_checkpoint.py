@@ -72,12 +72,22 @@ class GGUFCheckpoint(Checkpoint):
         return default if field is None else field.contents()
 
     def _check_types_and_sizes(self) -> None:
+        import gguf
+
         size = self.source.stat().st_size
         unsupported = {}
         for tensor in self._reader.tensors:
             type_name = tensor.tensor_type.name
             if type_name not in FLOAT_TYPES and type_name not in QUANTIZED_TYPES:
                 unsupported.setdefault(type_name, tensor.name)
+            elif type_name in QUANTIZED_TYPES:
+                block = gguf.GGML_QUANT_SIZES[tensor.tensor_type][0]
+                row = int(tensor.shape[0])  # gguf-py's shape is ggml's: the row length first
+                if row % block:
+                    raise CheckpointError(
+                        f"{self.source}: tensor {tensor.name} is {type_name}, whose rows are runs of {block} weights, "
+                        f"but its rows hold {row}; the file is damaged (llama.cpp's quantizer stores such rows "
+                        f"in Q5_0, Q5_1 or Q8_0 instead): quantize it again")
             if tensor.data_offset + tensor.n_bytes > size:
                 raise CheckpointError(f"{self.source} is truncated: tensor {tensor.name} ends at byte "
                                       f"{tensor.data_offset + tensor.n_bytes}, the file has {size}")
