@@ -1,8 +1,8 @@
 // bucketserve::kquant_linear: x @ W.T for a weight kept from GGUF's Q4_K, Q5_K, Q6_K, Q5_0 or Q5_1 blocks, in
 // the layout of quantization/kquant_layout.py:
 //   qweight uint8 [ceil(n/16), k/2, 16]   the low 4 bits of each value, two inputs a byte (low nibble first)
-//   qhigh   uint8 [ceil(n/16), k/8, 16]   5 bits: bit t of a byte is bit 4 of input 8i + t
-//           uint8 [ceil(n/16), k/4, 16]   6 bits: bits 2t, 2t + 1 are bits 4, 5 of input 4i + t;  None: 4 bits
+//   qhigh   uint8 [ceil(n/16), k/8, 16]   5 bits: per input a 16-bit mask, bit j = bit 4 of output j's value
+//           uint8 [ceil(n/16), k/4, 16]   6 bits: per input two masks, of bit 4 then bit 5;  None: 4 bits
 //   scales, mins float32 [ceil(n/16), k/group, 16], group 32 or 16 (Q6_K)      value = q * scale + min
 //
 // Weight-only, as quantized_linear.cpp: each value is dequantized to fp32 in registers exactly as
@@ -74,8 +74,10 @@ void dequantize_block_scalar(const KPacked& w, int64_t b, float* tile, int64_t l
     const int64_t g = i / w.group;
     for (int64_t j = 0; j < kBlockN; ++j) {
       uint32_t v = (q[(i / 2) * kBlockN + j] >> ((i % 2) * 4)) & 0xF;
-      if (w.bits == 5) v |= ((high[(i / 8) * kBlockN + j] >> (i % 8)) & 1u) << 4;
-      if (w.bits == 6) v |= ((high[(i / 4) * kBlockN + j] >> (2 * (i % 4))) & 3u) << 4;
+      for (int64_t plane = 0; plane < w.bits - 4; ++plane) {  // bit 4 (and 5): bit j of the input's mask(s)
+        const uint8_t* mask = high + (i * (w.bits - 4) + plane) * 2;
+        v |= ((mask[j / 8] >> (j % 8)) & 1u) << (4 + plane);
+      }
       tile[i * ld + j] = static_cast<float>(v) * scales[g * kBlockN + j] + mins[g * kBlockN + j];
     }
   }
@@ -151,31 +153,71 @@ inline void store16(float* out, Out16 a, int64_t valid) {
 }
 #endif
 
-// `bits` of plane value `a`, starting at bit `from`, moved to bit 4 (the value's bits above its low nibble).
-inline I16 high_bits(I16 a, int from, int mask) {
-  return and_mask(from <= 4 ? shift_left(a, 4 - from) : shift_right(a, from - 4), mask);
+// q of inputs i .. i + 7 (i a multiple of 8) for the block's 16 outputs: q8 = qweight + (i / 2) * 16 (four
+// rows of pairs), h = the high plane's masks from input i on (16 bits each, bit j for output j: one mask per
+// input for 5 bits, two for 6, bit 4's then bit 5's). AVX2 and the portable form build integers.
+inline I16 lane_bits(uint16_t mask, int value) {  // value where the output's bit of mask is set, else 0
+#if defined(__AVX512F__)
+  return {_mm512_maskz_mov_epi32(static_cast<__mmask16>(mask), _mm512_set1_epi32(value))};
+#else
+  const __m256i lanes_lo = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
+  const __m256i lanes_hi = _mm256_setr_epi32(256, 512, 1024, 2048, 4096, 8192, 16384, 32768);
+  const __m256i m = _mm256_set1_epi32(mask), v = _mm256_set1_epi32(value);
+  return {_mm256_and_si256(_mm256_cmpeq_epi32(_mm256_and_si256(m, lanes_lo), lanes_lo), v),
+          _mm256_and_si256(_mm256_cmpeq_epi32(_mm256_and_si256(m, lanes_hi), lanes_hi), v)};
+#endif
 }
 
-// q of inputs i .. i + 7 (i a multiple of 8) for the block's 16 outputs: q8 = qweight + (i / 2) * 16 (four
-// rows of pairs), h8 = the high plane's row holding input i.
 template <int BITS>
-inline void values8(const uint8_t* q8, const uint8_t* h8, I16 (&out)[8]) {
+inline void values8(const uint8_t* q8, const uint16_t* h, I16 (&out)[8]) {
   for (int u = 0; u < 4; ++u) {
     const I16 pairs = load_u8(q8 + u * kBlockN);
     out[2 * u] = and_mask(pairs, 0xF);
     out[2 * u + 1] = shift_right(pairs, 4);
   }
   if constexpr (BITS == 5) {
-    const I16 h = load_u8(h8);  // bit t: input i + t
-    for (int t = 0; t < 8; ++t) out[t] = or_(out[t], high_bits(h, t, 0x10));
+    for (int t = 0; t < 8; ++t) out[t] = or_(out[t], lane_bits(h[t], 16));
   } else if constexpr (BITS == 6) {
-    const I16 h0 = load_u8(h8), h1 = load_u8(h8 + kBlockN);  // bits 2t, 2t + 1: inputs i + t, then i + 4 + t
-    for (int t = 0; t < 8; ++t) out[t] = or_(out[t], high_bits(t < 4 ? h0 : h1, 2 * (t % 4), 0x30));
+    for (int t = 0; t < 8; ++t) out[t] = or_(or_(out[t], lane_bits(h[2 * t], 16)), lane_bits(h[2 * t + 1], 32));
   }
 }
 
-inline const uint8_t* high_row(const KPacked& w, const uint8_t* high, int64_t i) {
-  return high ? high + (i / w.high_per_byte()) * kBlockN : nullptr;
+// The same q as floats (exact: at most 6 bits). AVX-512 looks the low nibble up rather than converting it, as
+// quantized_linear.cpp does for int4 (vpermps picks a float of 0..15 by an index's low 4 bits, so a pair's
+// high nibble needs no mask), then adds 16 (and 32) under the high plane's masks, which it reads as they are.
+#if defined(__AVX512F__)
+template <int BITS>
+inline void values8f(const uint8_t* q8, const uint16_t* h, Out16 (&out)[8]) {
+  const __m512 low_table = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  const __m512 sixteen = _mm512_set1_ps(16), thirty_two = _mm512_set1_ps(32);
+  for (int u = 0; u < 4; ++u) {
+    const __m512i pairs = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q8 + u * kBlockN)));
+    out[2 * u].v = _mm512_permutexvar_ps(pairs, low_table);
+    out[2 * u + 1].v = _mm512_permutexvar_ps(_mm512_srli_epi32(pairs, 4), low_table);
+  }
+  // _load_mask16: kmovw from memory (a load), not through a general register (the permutes' port).
+  auto mask = [h](int at) { return _load_mask16(reinterpret_cast<__mmask16*>(const_cast<uint16_t*>(h + at))); };
+  if constexpr (BITS == 5) {
+    for (int t = 0; t < 8; ++t) out[t].v = _mm512_mask_add_ps(out[t].v, mask(t), out[t].v, sixteen);
+  } else if constexpr (BITS == 6) {
+    for (int t = 0; t < 8; ++t) {
+      out[t].v = _mm512_mask_add_ps(out[t].v, mask(2 * t), out[t].v, sixteen);
+      out[t].v = _mm512_mask_add_ps(out[t].v, mask(2 * t + 1), out[t].v, thirty_two);
+    }
+  }
+}
+#else
+template <int BITS>
+inline void values8f(const uint8_t* q8, const uint16_t* h, Out16 (&out)[8]) {
+  I16 q[8];
+  values8<BITS>(q8, h, q);
+  for (int t = 0; t < 8; ++t) out[t] = to_float(q[t]);
+}
+#endif
+
+// The high plane's masks of input i: 16 bits each, one per input for 5 bits, two for 6.
+inline const uint16_t* high_row(const KPacked& w, const uint8_t* high, int64_t i) {
+  return high ? reinterpret_cast<const uint16_t*>(high) + i * (w.bits - 4) : nullptr;
 }
 
 template <int BITS>
@@ -188,9 +230,9 @@ void dequantize_block_vec(const KPacked& w, int64_t b, float* tile, int64_t ld) 
       scale = load16(w.block_scales(b) + (i / w.group) * kBlockN);
       min = load16(w.block_mins(b) + (i / w.group) * kBlockN);
     }
-    I16 v[8];
-    values8<BITS>(q + (i / 2) * kBlockN, high_row(w, high, i), v);
-    for (int u = 0; u < 8; ++u) store16(tile + (i + u) * ld, fmadd(to_float(v[u]), scale, min));
+    Out16 v[8];
+    values8f<BITS>(q + (i / 2) * kBlockN, high_row(w, high, i), v);
+    for (int u = 0; u < 8; ++u) store16(tile + (i + u) * ld, fmadd(v[u], scale, min));
   }
 }
 
@@ -225,11 +267,11 @@ void fused_block(const KPacked& w, int64_t b, const float* x_t, float* out, int6
       min = load16(mins + g * kBlockN);
     }
     __builtin_prefetch(q + (i / 2) * kBlockN + kAheadBytes, 0, 2);
-    if (BITS > 4 && i % 32 == 0) __builtin_prefetch(high_row(w, high, i) + kAheadBytes / 4, 0, 2);
-    I16 v[8];
-    values8<BITS>(q + (i / 2) * kBlockN, high_row(w, high, i), v);
+    if (BITS > 4 && i % 32 == 0) __builtin_prefetch(high_row(w, high, i) + kAheadBytes / 8, 0, 2);
+    Out16 v[8];
+    values8f<BITS>(q + (i / 2) * kBlockN, high_row(w, high, i), v);
     for (int u = 0; u < 8; ++u) {
-      const Out16 values = fmadd(to_float(v[u]), scale, min);
+      const Out16 values = fmadd(v[u], scale, min);
       for (int r = 0; r < ROWS; ++r) acc[u % S][r] = fma16(x_t[(i + u) * ROWS + r], values, acc[u % S][r]);
     }
   }

@@ -5,11 +5,14 @@ Every one of those types is, per sub-block of `group` inputs of one row, value =
 unsigned integer of 4, 5 or 6 bits and scale, min float32 (kquant_blocks.py shows each type's scale and min
 are exact in float32, and that q * scale is too, so q * scale + min rounds once, as gguf-py's dequantize does).
 The low 4 bits of q are stored as the int4 layout stores its values (layout.py), the bits above in a plane of
-their own, so a 5-bit weight reads 5 bits a value and a 4-bit one no more than the int4 layout:
+their own, so a 5-bit weight reads 5 bits a value and a 4-bit one no more than the int4 layout. The plane holds,
+per input of a block of 16 outputs, a 16-bit mask (bit j: output j), which AVX-512 uses as it is, as the mask
+of one add of 16 (kernels/kquant_linear.cpp):
 
     qweight uint8 [ceil(n/16), k/2, 16]       qweight[b, i, j] = low(q[16b + j, 2i]) | low(q[16b + j, 2i + 1]) << 4
-    qhigh   uint8 [ceil(n/16), k/8, 16]       5 bits: bit t of qhigh[b, i, j] = bit 4 of q[16b + j, 8i + t]
-            uint8 [ceil(n/16), k/4, 16]       6 bits: bits 2t, 2t + 1 of qhigh[b, i, j] = bits 4, 5 of q[16b + j, 4i + t]
+    qhigh   uint8 [ceil(n/16), k/8, 16]       5 bits: as [ceil(n/16), k] little-endian uint16 masks, bit j of
+                                              mask [b, i] = bit 4 of q[16b + j, i]
+            uint8 [ceil(n/16), k/4, 16]       6 bits: [ceil(n/16), k, 2] masks, of bit 4 then of bit 5
             absent (None)                     4 bits
     scales, mins float32 [ceil(n/16), k/group, 16]: of row 16b + j, sub-block g, at [b, g, j]; group 32 or 16
 
@@ -62,16 +65,22 @@ def pack_kquant(q: torch.Tensor, scales: torch.Tensor, mins: torch.Tensor, bits:
             raise ValueError(f"{name} must be float32 [{n}, {groups}], got {t.dtype} {list(t.shape)}")
     low = q & 0xF
     qweight = _blocked(low[:, 0::2] | (low[:, 1::2] << 4))
-    qhigh = None
-    if bits > 4:
-        per_byte = HIGH_BITS_PER_BYTE[bits]
-        high = (q >> 4).view(n, k // per_byte, per_byte)
-        width = bits - 4
-        packed = torch.zeros(n, k // per_byte, dtype=torch.uint8)
-        for t in range(per_byte):
-            packed |= high[..., t] << (width * t)
-        qhigh = _blocked(packed)
+    qhigh = None if bits == 4 else _masks(q, bits)
     return KPackedWeight(qweight, qhigh, _blocked(scales), _blocked(mins), (n, k))
+
+
+def _masks(q: torch.Tensor, bits: int) -> torch.Tensor:
+    """The high plane: per block of 16 rows and input, a uint16 mask per bit above the low nibble, as bytes."""
+    n, k = q.shape
+    blocks = -(-n // BLOCK_N)
+    padded = q.new_zeros(blocks * BLOCK_N, k)
+    padded[:n] = q
+    by_lane = padded.view(blocks, BLOCK_N, k).to(torch.int32)  # [block, output j, input]
+    weights = (1 << torch.arange(BLOCK_N, dtype=torch.int32)).view(1, BLOCK_N, 1)
+    planes = [(((by_lane >> bit) & 1) * weights).sum(1) for bit in range(4, bits)]  # each [block, input]
+    masks = torch.stack(planes, dim=-1).reshape(blocks, -1)  # [block, input * planes]
+    as_bytes = torch.stack((masks & 0xFF, masks >> 8), dim=-1).to(torch.uint8)  # little-endian
+    return as_bytes.reshape(blocks, k // HIGH_BITS_PER_BYTE[bits], BLOCK_N)
 
 
 def empty_kpacked(n: int, k: int, bits: int, group: int, device: torch.device | str) -> KPackedWeight:
@@ -90,12 +99,19 @@ def unpack_values(packed: KPackedWeight) -> torch.Tensor:
     pairs = _unblocked(packed.qweight, n)
     q = torch.stack((pairs & 0xF, pairs >> 4), dim=-1).flatten(1)
     if packed.qhigh is not None:
-        per_byte, width = HIGH_BITS_PER_BYTE[packed.bits], packed.bits - 4
-        high = _unblocked(packed.qhigh, n)
-        mask = (1 << width) - 1
-        planes = torch.stack([(high >> (width * t)) & mask for t in range(per_byte)], dim=-1).flatten(1)
-        q = q | (planes << 4)
+        q = q | _high_bits(packed.qhigh, packed.bits, k)[:n]
     return q[:, :k]
+
+
+def _high_bits(qhigh: torch.Tensor, bits: int, k: int) -> torch.Tensor:
+    """The plane's bits above the low nibble, in place (bit 4, 5) of every padded row: uint8 [blocks * 16, k]."""
+    blocks = qhigh.shape[0]
+    pairs = qhigh.reshape(blocks, k, bits - 4, 2).to(torch.int32)
+    masks = pairs[..., 0] | (pairs[..., 1] << 8)  # [block, input, plane]
+    lanes = torch.arange(BLOCK_N, dtype=torch.int32).view(1, BLOCK_N, 1, 1)
+    set_bits = (masks.unsqueeze(1) >> lanes) & 1  # [block, output j, input, plane]
+    shifts = torch.arange(4, bits, dtype=torch.int32)
+    return (set_bits << shifts).sum(-1).to(torch.uint8).reshape(blocks * BLOCK_N, k)
 
 
 def dequantize(packed: KPackedWeight) -> torch.Tensor:

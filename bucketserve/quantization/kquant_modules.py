@@ -14,7 +14,7 @@ import torch
 
 from ..kernels import library
 from ..models.projections import EAGER, GraphForm
-from .kquant_layout import HIGH_BITS_PER_BYTE, KPackedWeight, reference_linear
+from .kquant_layout import KPackedWeight, reference_linear
 from .layout import BLOCK_N
 from .modules import QuantizedEmbedding, QuantizedLinear, _frozen
 
@@ -81,12 +81,13 @@ class KQuantEmbedding(_KPacked, QuantizedEmbedding):
         block, lane = input_ids // BLOCK_N, input_ids % BLOCK_N
         pairs = self.qweight[block, :, lane]  # [*ids, k / 2]
         q = torch.stack((pairs & 0xF, pairs >> 4), dim=-1).flatten(-2)
-        if self.qhigh is not None:
-            bits = self.bits
-            width, per_byte = bits - 4, HIGH_BITS_PER_BYTE[bits]
-            high = self.qhigh[block, :, lane]
-            planes = torch.stack([(high >> (width * t)) & ((1 << width) - 1) for t in range(per_byte)], dim=-1)
-            q = q | (planes.flatten(-2) << 4)
+        if self.qhigh is not None:  # each input's 16-bit mask(s) of the block: bit `lane` is this row's
+            bits, k = self.bits, self.shape[1]
+            raw = self.qhigh[block].reshape(*input_ids.shape, k, bits - 4, 2).to(torch.int32)
+            masks = raw[..., 0] | (raw[..., 1] << 8)  # [*ids, k, planes]
+            set_bits = (masks >> lane[..., None, None].to(torch.int32)) & 1
+            shifts = torch.arange(4, bits, dtype=torch.int32, device=input_ids.device)
+            q = q | (set_bits << shifts).sum(-1).to(torch.uint8)
         group = self.packed.group
         scales = self.scales[block, :, lane].repeat_interleave(group, dim=-1)
         mins = self.mins[block, :, lane].repeat_interleave(group, dim=-1)
