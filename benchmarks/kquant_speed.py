@@ -10,6 +10,12 @@ count. Targets (issue 35): Q4_K_M >= 0.9x our Q4_0 copy, and >= 1.3x llama.cpp's
 
     python benchmarks/kquant_speed.py --compiler eager          # minutes: the same model code, uncompiled
     python benchmarks/kquant_speed.py --compiler aoti           # AOTInductor graphs (minutes per graph here)
+    python benchmarks/kquant_speed.py --perplexity 4096         # also perplexity on the first 4096 tokens of the
+                                                                # bench's text, ours and llama-perplexity's, F32 too
+
+Perplexity: ours is bucketserve.bench.accuracy.perplexity (non-overlapping windows of 256, every token after a
+window's first scored); llama-perplexity scores the second half of each window of -c 256 by its own rule, so
+compare each engine's files with its own F32 row, not one engine's figure with the other's.
 """
 from __future__ import annotations
 
@@ -55,7 +61,6 @@ def model_files(cache: Path, k_types: tuple[str, ...]) -> dict[str, Path]:
                             k_type], check=True, capture_output=True)
             path.with_suffix(".partial").rename(path)
         files[k_type] = path
-    files.pop("F32")
     return files
 
 
@@ -91,6 +96,23 @@ def decode_seconds(model, new_tokens: int) -> float:
     return generate(new_tokens + 1) - generate(1)
 
 
+def our_perplexity(model, out: Path, tokens: int) -> float:
+    from bucketserve import LLM
+    from bucketserve.bench.accuracy import load_text, perplexity
+
+    model.save_pretrained(out)
+    with LLM(model=str(out), device="cpu") as llm:
+        token_ids = llm.get_tokenizer().encode(load_text(), add_special_tokens=False)[:tokens]
+        return perplexity(llm, token_ids, 256)["perplexity"]
+
+
+def llama_perplexity(path: Path, tokens: int, threads: int, text_file: Path) -> float:
+    out = subprocess.run([str(LLAMA_BIN / "llama-perplexity"), "-m", str(path), "-f", str(text_file), "-c", "256",
+                          "--chunks", str(tokens // 256), "-t", str(threads)], check=True, capture_output=True, text=True)
+    line = next(line for line in (out.stdout + out.stderr).splitlines() if "Final estimate: PPL" in line)
+    return float(line.split("=")[1].split()[0])
+
+
 def llama_bench(path: Path, new_tokens: int, threads: int, repeats: int) -> float:
     out = subprocess.run([str(LLAMA_BIN / "llama-bench"), "-m", str(path), "-p", "0", "-n", str(new_tokens),
                           "-t", str(threads), "-r", str(repeats), "-o", "json"], check=True, capture_output=True, text=True)
@@ -106,6 +128,7 @@ def main() -> None:
     parser.add_argument("--k-types", nargs="*", default=list(K_TYPES))
     parser.add_argument("--no-llama-cpp", action="store_true", help="skip llama-bench")
     parser.add_argument("--cache", type=Path, default=Path("~/.cache/bucketserve/bench/kquant").expanduser())
+    parser.add_argument("--perplexity", type=int, default=0, metavar="TOKENS", help="also perplexity on this many tokens")
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
     args = parser.parse_args()
 
@@ -114,6 +137,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     library.build()  # eager compiles call the kernels too, where this process has them
     files = model_files(args.cache, tuple(args.k_types))
+    f32 = files.pop("F32")
     results = {"compiler": args.compiler, "threads": args.threads, "new_tokens": args.new_tokens, "files": {}}
     work = Path(tempfile.mkdtemp(prefix="kquant-speed-"))
     try:
@@ -134,10 +158,26 @@ def main() -> None:
             if not args.no_llama_cpp:
                 entry["llama_bench_tokens_per_s"] = round(llama_bench(files[name], args.new_tokens, args.threads,
                                                                       args.repeats), 2)
+        if args.perplexity:
+            from bucketserve.bench.accuracy import load_text
+
+            text_file = work / "text.txt"
+            text_file.write_text(load_text())
+            models["F32"], _ = compile_file(f32, "eager", work / "F32")
+            results["files"]["F32"] = {"file": f32.name}
+            for name, model in models.items():
+                results["files"][name]["perplexity"] = round(our_perplexity(model, work / f"{name}-ppl", args.perplexity), 4)
+                if not args.no_llama_cpp:
+                    path = f32 if name == "F32" else files[name]
+                    results["files"][name]["llama_perplexity"] = round(
+                        llama_perplexity(path, args.perplexity, args.threads, text_file), 4)
+                print(name, {k: v for k, v in results["files"][name].items() if "perplexity" in k}, flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     q4_0 = results["files"]["Q4_0"]["best_tokens_per_s"]
     for name, entry in results["files"].items():
+        if "best_tokens_per_s" not in entry:
+            continue
         line = f"{name:7s} {entry['best_tokens_per_s']:7.2f} tok/s  {entry['best_tokens_per_s'] / q4_0:.2f}x our Q4_0"
         if "llama_bench_tokens_per_s" in entry:
             line += (f"  llama-bench {entry['llama_bench_tokens_per_s']:7.2f} tok/s  "

@@ -116,8 +116,8 @@ def compile_options(options: BenchOptions, system: RealSystem) -> dict:
                   decoder_batch_sizes=list(system.decoder_batch_sizes), prefill_chunk_size=options.prefill_chunk_size)
     if options.compiler != "aoti":  # only then (from_pretrained's default): aoti's cache keys stay as they were
         values["compiler"] = options.compiler
-    if system.quantization is not None:  # only then: the fp32 compile takes the options every checkout knows
-        values["quantization"] = system.quantization
+    # Always, None too: a quantized GGUF's default is "auto" (its blocks kept), and fp32 must dequantize them.
+    values["quantization"] = system.quantization
     return values
 
 
