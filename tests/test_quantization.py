@@ -288,7 +288,7 @@ def test_int4_of_the_real_q4_1_file_gives_the_tokens_of_its_fp32_compile():
     library.build()  # eagerly, too, the quantized projections then run through our kernel (else: dequantize per call)
     options = dict(compiler="eager", batch_size=1, max_seq_len=128)
     int4 = AutoModelForCausalLM.from_pretrained(path, export=True, quantization="int4", **options)
-    fp32 = AutoModelForCausalLM.from_pretrained(path, export=True, **options)
+    fp32 = AutoModelForCausalLM.from_pretrained(path, export=True, quantization=None, **options)
     assert all(entry["kept"] for entry in int4.manifest["quantized_tensors"].values())
     assert int4.runner.weight_bytes < fp32.runner.weight_bytes / 5
     prompt = AutoTokenizer.from_pretrained(int4.directory).encode("The capital of France is")
