@@ -152,6 +152,7 @@ def main() -> None:
         for _ in range(args.repeats):  # interleaved rounds: every file once per round
             for name, model in models.items():
                 results["files"][name]["tokens_per_s"].append(args.new_tokens / decode_seconds(model, args.new_tokens))
+                print(f"{name}: {results['files'][name]['tokens_per_s'][-1]:.2f} tok/s", flush=True)
         for name in files:
             entry = results["files"][name]
             entry["best_tokens_per_s"] = round(max(entry["tokens_per_s"]), 2)
