@@ -17,8 +17,7 @@ def load_text() -> str:
 
 def chat_questions() -> list[str]:
     """The seed page's 13 questions and the demo's 3 chat questions."""
-    from bucketserve.demo.prompts import all_prompts
-    from bucketserve.demo.prompts import CHAT_QUESTIONS
+    from bucketserve.demo.prompts import CHAT_QUESTIONS, all_prompts
 
     return all_prompts() + list(CHAT_QUESTIONS)
 

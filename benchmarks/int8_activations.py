@@ -51,10 +51,11 @@ def gguf_copies(work: Path) -> dict[str, Path]:
 
 
 def accuracy(args) -> None:
-    from bucketserve import LLM, AutoModelForCausalLM
     from bucketserve.bench import accuracy as scorer
     from bucketserve.bench.real_scenarios import chat_prompt_ids
+
     from benchmarks.workload import load_tokenizer
+    from bucketserve import LLM, AutoModelForCausalLM
     from bucketserve.kernels import library
 
     assert library.build() is not None, "the kernels did not build: the eager model would run the torch reference"

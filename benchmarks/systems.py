@@ -142,8 +142,8 @@ def gguf_compile_options(options: BenchOptions, system: GgufSystem) -> dict:
                   decoder_batch_sizes=list(system.decoder_batch_sizes), prefill_chunk_size=options.prefill_chunk_size)
     if options.compiler != "aoti":  # only then (from_pretrained's default): aoti's cache keys stay as they were
         values["compiler"] = options.compiler
-    if system.quantization is not None:
-        values["quantization"] = system.quantization
+    # Always, None too: a quantized GGUF's default is "auto" (its blocks kept), and fp32 must dequantize them.
+    values["quantization"] = system.quantization
     return values
 
 

@@ -11,7 +11,7 @@ import torch
 from .models.config import ModelConfig
 from .models.tensor_parallel import check_shardable
 from .quantization.layout import GROUP
-from .quantization.options import activation_scheme, kv_cache_dtype, split_quantization
+from .quantization.options import activation_scheme, kv_cache_dtype, split_quantization, weights_given
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ class CompileConfig:
     dtype: str = "float32"
     device: str = "cpu"
     compiler: str = "aoti"  # "eager" runs the same model code uncompiled (debugging, fast tests)
-    quantization: str | None = None  # weights: "int8", "int4" (quantization/), None: float
+    quantization: str | None = None  # weights: "int8", "int4", "auto" (as the file stores them; quantization/), None: float
     kv_cache_dtype: str = "auto"  # normalized to a torch dtype name; "auto" (older manifests): dtype
     activations: str | None = None  # "int8": quantized at run time (quantization/activations.py); None: float
 
@@ -123,8 +123,11 @@ def default_block_size(max_seq_len: int) -> int:
     return DEFAULT_BLOCK_SIZE if max_seq_len % DEFAULT_BLOCK_SIZE == 0 else max_seq_len
 
 
-def build_compile_config(options: dict[str, Any], model_config: ModelConfig) -> CompileConfig:
-    """Validate user options (rbln_ aliases allowed) against the checkpoint; return the normalized config."""
+def build_compile_config(options: dict[str, Any], model_config: ModelConfig,
+                         default_quantization: str | None = None) -> CompileConfig:
+    """Validate user options (rbln_ aliases allowed) against the checkpoint; return the normalized config.
+    default_quantization: the weights' scheme where the options name none (the checkpoint's: "auto" for a GGUF
+    whose matrices are quantized)."""
     o = split_rbln_aliases(options)
     batch_size = _positive_int("batch_size", o.get("batch_size", 1))
     max_seq_len = _positive_int("max_seq_len", o.get("max_seq_len", min(2048, model_config.max_position_embeddings)))
@@ -140,6 +143,8 @@ def build_compile_config(options: dict[str, Any], model_config: ModelConfig) -> 
         )
     tp = _positive_int("tensor_parallel_size", o.get("tensor_parallel_size", 1))
     scheme, kv_cache = split_quantization(o.get("quantization"), o.get("kv_cache_dtype"))
+    if "quantization" not in o or not weights_given(o["quantization"]):
+        scheme = default_quantization
     check_shardable(model_config, tp, quantization_group=GROUP if scheme is not None else None)
     block_size = _positive_int("kvcache_block_size", o.get("kvcache_block_size", default_block_size(max_seq_len)))
     if max_seq_len % block_size:

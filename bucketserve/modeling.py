@@ -23,6 +23,7 @@ from .models.config import SUPPORTED_MODEL_TYPES, ModelConfig
 from .models.vocabulary import check_token_ids
 from .planner.auto import record_plan, resolve_auto_decoder_batch_sizes
 from .planner.eager_calibration import eager_cost_table
+from .quantization.checkpoint_state import default_quantization
 from .quantization.options import kv_cache_dtype, split_quantization
 from .runtime.distributed import RankPlacement
 from .runtime.executor import Executor
@@ -83,7 +84,7 @@ class BucketModelForCausalLM:
         cls._check_model_type(model_config.model_type)
         options, decoder_plan = resolve_auto_decoder_batch_sizes(  # decoder_batch_sizes="auto": a planned list
             options, model_config, lambda config: eager_cost_table(checkpoint, config, model_config))
-        compile_config = build_compile_config(options, model_config)
+        compile_config = build_compile_config(options, model_config, default_quantization(checkpoint))
         # Nothing is read (or dequantized, or quantized) until a tensor is used.
         model_config = tied_as_stored(model_config, checkpoint.float_tensors())
         out_dir = Path(tempfile.mkdtemp(prefix="bucketserve-"))

@@ -106,13 +106,13 @@ def test_our_rounding_is_within_half_a_step_of_every_weight(quantize, levels):
 def test_int4_of_a_q8_q4_file_gives_the_tokens_of_its_fp32_compile(quantized_gguf):
     """Every weight of the file is Q8_0, Q4_0 or Q4_1, so quantization="int4" keeps them all: the model computes the
     fp32 model of the same file's values, up to summation order."""
-    fp32 = compile_eager(quantized_gguf)
+    fp32 = compile_eager(quantized_gguf, quantization=None)  # float: "auto" is the file's default
     int4 = compile_eager(quantized_gguf, quantization="int4")
     torch.testing.assert_close(int4.prefill(PROMPT, [1]).logits, fp32.prefill(PROMPT, [1]).logits, **SAME_VALUES)
     assert greedy(int4) == greedy(fp32)
     recorded = int4.manifest["quantized_tensors"]
-    assert recorded["model.embed_tokens"] == {"bits": 8, "from": "Q8_0", "kept": True}  # kept int8 under "int4"
-    assert recorded["model.layers.1.mlp.up_proj"] == {"bits": 4, "from": "Q4_1", "kept": True}
+    assert recorded["model.embed_tokens"] == {"bits": 8, "from": "Q8_0", "kept": True, "layout": "int8"}  # kept int8 under "int4"
+    assert recorded["model.layers.1.mlp.up_proj"] == {"bits": 4, "from": "Q4_1", "kept": True, "layout": "int4"}
     assert "lm_head" not in recorded  # tied: the embedding's tensors
     assert {m.bits for name, m in packed_modules(int4).items() if ".mlp." in name} == {4}
 
@@ -120,7 +120,7 @@ def test_int4_of_a_q8_q4_file_gives_the_tokens_of_its_fp32_compile(quantized_ggu
 def test_the_compiled_int4_model_gives_the_tokens_of_the_fp32_model(quantized_gguf, aoti_int4):
     """AOTInductor graphs over the packed weights: no reordered copy, the kernel library in the directory where
     the graphs call it, the same greedy tokens as the fp32 (eager) compile of the file in every decoder."""
-    fp32 = compile_eager(quantized_gguf)
+    fp32 = compile_eager(quantized_gguf, quantization=None)
     model = AutoModelForCausalLM.from_pretrained(aoti_int4)  # loads the graphs; compiles nothing
     assert model.compile_config.quantization == "int4" and model.runner.packed_weights == {}
     assert not list((aoti_int4 / "graphs").glob("*.packed.json"))
@@ -288,7 +288,7 @@ def test_int4_of_the_real_q4_1_file_gives_the_tokens_of_its_fp32_compile():
     library.build()  # eagerly, too, the quantized projections then run through our kernel (else: dequantize per call)
     options = dict(compiler="eager", batch_size=1, max_seq_len=128)
     int4 = AutoModelForCausalLM.from_pretrained(path, export=True, quantization="int4", **options)
-    fp32 = AutoModelForCausalLM.from_pretrained(path, export=True, **options)
+    fp32 = AutoModelForCausalLM.from_pretrained(path, export=True, quantization=None, **options)
     assert all(entry["kept"] for entry in int4.manifest["quantized_tensors"].values())
     assert int4.runner.weight_bytes < fp32.runner.weight_bytes / 5
     prompt = AutoTokenizer.from_pretrained(int4.directory).encode("The capital of France is")

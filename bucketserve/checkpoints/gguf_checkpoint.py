@@ -39,6 +39,30 @@ def is_gguf_file(path: Path) -> bool:
         return False
 
 
+def _row_checked_reader(gguf):
+    """gguf-py's reader, which first checks each quantized tensor's rows are whole blocks, naming the tensor
+    (gguf-py's own refusal names only the sizes)."""
+
+    class RowCheckedReader(gguf.GGUFReader):
+        def _build_tensors(self, start_offs, fields) -> None:
+            for field in fields:
+                _, name, _, dims, raw_dtype, _ = field.parts
+                type_ = gguf.GGMLQuantizationType(int(raw_dtype[0]))
+                block = gguf.GGML_QUANT_SIZES[type_][0]
+                if len(dims) and int(dims[0]) % block:  # ggml's dims: the row length first
+                    raise CheckpointError(
+                        f"{self._checked_path}: tensor {bytes(name).decode(errors='replace')} is {type_.name}, whose "
+                        f"rows are runs of {block} weights, but its rows hold {int(dims[0])}: the file is damaged "
+                        f"(llama.cpp's quantizer stores such rows as Q5_0, Q5_1 or Q8_0); quantize it again")
+            super()._build_tensors(start_offs, fields)
+
+        def __init__(self, path, mode):
+            self._checked_path = path
+            super().__init__(path, mode)
+
+    return RowCheckedReader
+
+
 class GGUFCheckpoint(Checkpoint):
     format = "gguf"
 
@@ -54,7 +78,9 @@ class GGUFCheckpoint(Checkpoint):
             raise CheckpointError(f"{path} is not a GGUF file: it starts with {start!r}, a GGUF file with {GGUF_MAGIC!r}")
         try:
             # "c": copy-on-write pages, so torch can view them without a read-only warning; nothing is written back.
-            self._reader = gguf.GGUFReader(path, "c")
+            self._reader = _row_checked_reader(gguf)(path, "c")
+        except CheckpointError:
+            raise
         except Exception as error:  # gguf-py reads past the end of a cut file as a failed reshape, index or struct
             size = path.stat().st_size
             raise CheckpointError(f"{path} ({size} bytes) is truncated or damaged: gguf-py could not read it "

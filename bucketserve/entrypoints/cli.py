@@ -17,6 +17,8 @@ def _compile(args) -> None:
                if getattr(args, name) is not None}
     if options.get("decoder_batch_sizes") == ["auto"]:
         options["decoder_batch_sizes"] = "auto"
+    if options.get("quantization") == "none":  # float weights, asked for in so many words
+        options["quantization"] = None
     model = AutoModelForCausalLM.from_pretrained(args.model, export=True, gguf_file=args.gguf_file, **options)
     model.save_pretrained(args.out)
     seconds = model.manifest["compile_seconds"]
@@ -116,8 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=["float32", "bfloat16"], help="default: float32")
     p.add_argument("--device", choices=["cpu", "cuda"], help="default: cpu")
     p.add_argument("--compiler", choices=["aoti", "eager"], help="default: aoti")
-    p.add_argument("--quantization", help="weights: int8 or int4 (a GGUF file's Q8_0/Q4_0/Q4_1 blocks are kept as they "
-                                          "are); default: float")
+    p.add_argument("--quantization", help="weights: int8, int4, auto (a GGUF file's quantized blocks are kept as they "
+                                          "are) or none (float); default: auto for a quantized GGUF, else none")
     p.add_argument("--kv-cache-dtype", help="bf16 (or auto, float32); default: auto, the model's dtype")
     p.add_argument("--activations", choices=["int8"], help="with --quantization: activations quantized to int8 at "
                                                            "run time (close to weight-only, not equal); default: float")

@@ -22,11 +22,11 @@ logger = logging.getLogger(__name__)
 
 LIBRARY_FILE = "bucketserve_kernels.so"  # its name inside a compiled directory's graphs/
 SOURCES = [Path(__file__).with_name(name) for name in ("paged_attention.cpp", "blocked_linear.cpp", "quantized_linear.cpp",
-                                                      "int8_activation_linear.cpp")]
+                                                      "int8_activation_linear.cpp", "kquant_linear.cpp")]
 HEADERS = [Path(__file__).with_name("gemm_micro_kernel.h")]  # included by SOURCES
 
 
-OPS = ("paged_decode_attention", "blocked_linear", "quantized_linear", "int8_activation_linear")
+OPS = ("paged_decode_attention", "blocked_linear", "quantized_linear", "int8_activation_linear", "kquant_linear")
 
 
 def registered_ops() -> list[str]:
@@ -157,4 +157,8 @@ def _register_fake() -> None:
 
     @torch.library.register_fake("bucketserve::int8_activation_linear")
     def _(x, qweight, scales, mins, n, k, isa="auto"):
+        return x.new_empty(*x.shape[:-1], n)
+
+    @torch.library.register_fake("bucketserve::kquant_linear")
+    def _(x, qweight, qhigh, scales, mins, n, k):
         return x.new_empty(*x.shape[:-1], n)

@@ -1,6 +1,8 @@
 """The quantization options, in the spellings users know, validated into CompileConfig's two fields:
 
     quantization="int8" | "int4"                                  weights (None: float, the default)
+    quantization="auto"                                            keep each weight in its file's type (the
+                                                                   default for a GGUF whose matrices are quantized)
     kv_cache_dtype="bf16"                                          the KV cache ("auto": the model's dtype)
     rbln_quantization={"weights": "int4", "kv_caches": "bf16"}     optimum-rbln's dict, also inside rbln_config
     activations="int8" (or the dict's "activations": "int8")       activations quantized at run time (None: float)
@@ -12,6 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 SCHEME_BITS = {"int8": 8, "int4": 4}
+SCHEMES = (*SCHEME_BITS, "auto")
 # Spellings of the KV cache dtype -> the torch dtype name CompileConfig records.
 KV_CACHE_DTYPES = {"auto": None, "float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16"}
 RBLN_KEYS = ("weights", "kv_caches", "activations")
@@ -19,9 +22,9 @@ ACTIVATION_SCHEMES = ("int8",)  # quantization/activations.py
 
 
 def weight_scheme(value: Any) -> str | None:
-    if value is None or isinstance(value, str) and value in SCHEME_BITS:
+    if value is None or isinstance(value, str) and value in SCHEMES:
         return value
-    raise ValueError(f"unknown weight quantization {value!r}; choose one of {', '.join(map(repr, SCHEME_BITS))} "
+    raise ValueError(f"unknown weight quantization {value!r}; choose one of {', '.join(map(repr, SCHEMES))} "
                      "(or None for float weights)")
 
 
@@ -31,6 +34,12 @@ def kv_cache_dtype(value: Any, dtype: str) -> str:
     if not isinstance(value, str) or value not in KV_CACHE_DTYPES:
         raise ValueError(f"unknown kv_cache_dtype {value!r}; choose one of {', '.join(map(repr, KV_CACHE_DTYPES))}")
     return KV_CACHE_DTYPES[value] or dtype
+
+
+def weights_given(quantization: Any) -> bool:
+    """Whether options that hold `quantization` (as given: a scheme, None, or optimum-rbln's dict) name the
+    weights' scheme, None included: where they do not, the checkpoint's default applies."""
+    return not isinstance(quantization, dict) or "weights" in quantization
 
 
 def split_quantization(quantization: Any, kv_cache: Any) -> tuple[str | None, Any]:
