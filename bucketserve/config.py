@@ -118,8 +118,9 @@ def default_block_size(max_seq_len: int) -> int:
     return DEFAULT_BLOCK_SIZE if max_seq_len % DEFAULT_BLOCK_SIZE == 0 else max_seq_len
 
 
-def build_compile_config(options: dict[str, Any], model_config: ModelConfig) -> CompileConfig:
-    """Validate user options (rbln_ aliases allowed) against the checkpoint; return the normalized config."""
+def build_compile_config(options: dict[str, Any], model_config: ModelConfig, check_device: bool = True) -> CompileConfig:
+    """Validate user options (rbln_ aliases allowed) against the checkpoint; return the normalized config.
+    check_device=False leaves out whether this machine has the device (options compared, not run)."""
     o = split_rbln_aliases(options)
     batch_size = _positive_int("batch_size", o.get("batch_size", 1))
     max_seq_len = _positive_int("max_seq_len", o.get("max_seq_len", min(2048, model_config.max_position_embeddings)))
@@ -160,8 +161,8 @@ def build_compile_config(options: dict[str, Any], model_config: ModelConfig) -> 
         raise ValueError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
     device = o.get("device", "cpu")
     if device not in DEVICES:
-        raise ValueError(f"unknown device {device!r}; choose one of {', '.join(DEVICES)}")
-    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} is not supported; choose one of {', '.join(DEVICES)}")
+    if device == "cuda" and check_device and not torch.cuda.is_available():
         raise ValueError(f"device 'cuda' was asked for, but this torch ({torch.__version__}) sees no CUDA device; "
                          "compile with device='cpu', or on a machine with a GPU and a CUDA build of torch")
     compiler = o.get("compiler", "aoti")

@@ -16,12 +16,12 @@ from typing import Any
 import torch
 
 from .checkpoints import Checkpoint, open_checkpoint, resolve_model_dir
+from .compiled_options import check_options_match
 from .compiler.build import build_compiled_directory
-from .compiler.manifest import read_manifest, verify_manifest, weight_like_files
+from .compiler.manifest import manifest_configs, read_manifest, verify_manifest, weight_like_files
 from .compiler.tensor_parallel import compile_tensor_parallel
-from .config import CompileConfig, build_compile_config, normalize_decoder_batch_sizes, split_rbln_aliases
+from .config import CompileConfig, build_compile_config
 from .models.config import SUPPORTED_MODEL_TYPES, ModelConfig
-from .quantization.options import kv_cache_dtype, split_quantization
 from .runtime.distributed import RankPlacement
 from .runtime.kv_cache import KVCache
 from .runtime.model_runner import ModelRunner, PrefillOutput
@@ -103,29 +103,9 @@ class BucketModelForCausalLM:
         # its shard tells rank 0 so, rather than leaving it to wait for a rank that never joins.
         placement = RankPlacement.from_env()
         manifest = verify_manifest(directory) if placement is None else read_manifest(directory)
-        compile_config = CompileConfig.from_dict(manifest["compile_config"])
-        model_config = ModelConfig.from_dict(manifest["model_config"])
+        compile_config, model_config = manifest_configs(manifest, directory)
         cls._check_model_type(model_config.model_type)
-        given = split_rbln_aliases(options)
-        normalized = dict(given)
-        if "quantization" in given or "kv_cache_dtype" in given:  # as compiled: "bf16" is "bfloat16"; a dict is both
-            scheme, kv_cache = split_quantization(given.get("quantization"), given.get("kv_cache_dtype"))
-            normalized.update({"quantization": scheme} if "quantization" in given else {})
-            if kv_cache is not None:
-                normalized["kv_cache_dtype"] = kv_cache_dtype(kv_cache, compile_config.dtype)
-        for name, wanted in normalized.items():
-            value = given.get(name, given.get("quantization"))
-            compiled = getattr(compile_config, name)
-            if name == "kv_cache_dtype":
-                compiled = str(compile_config.kv_cache_torch_dtype).removeprefix("torch.")
-            # Compare as compiled: decoder_batch_sizes=[1, 4, 8] asks for the same decoders as (8, 4, 1).
-            if name == "decoder_batch_sizes":
-                wanted = normalize_decoder_batch_sizes(wanted, compile_config.batch_size)
-            if wanted != compiled:
-                raise ValueError(
-                    f"{name}={value!r} was given, but {directory} was compiled with {name}={compiled!r}; "
-                    f"drop the option, or recompile with from_pretrained(checkpoint, export=True, {name}=...)"
-                )
+        check_options_match(options, compile_config, model_config, directory)
         if placement is not None and (placement.world_size > 1 or compile_config.tensor_parallel_size > 1):
             runner = join_launched_ranks(directory, placement, compile_config, model_config,
                                          check_files=lambda rank: verify_manifest(directory, rank=rank))

@@ -13,7 +13,7 @@ import bucketserve.compiler.aoti
 from bucketserve import AutoModelForCausalLM, LlamaForCausalLM
 from bucketserve.compiler.graph_specs import context_len_through, prefill_width
 from bucketserve.compiler.layout import GRAPHS_DIR
-from bucketserve.compiler.manifest import MANIFEST, CompiledModelError
+from bucketserve.compiler.manifest import MANIFEST, CompiledModelError, seal
 from bucketserve.kernels import library
 
 
@@ -121,8 +121,8 @@ def damaged_copy(compiled_dir, target, damage: str):
         return "prefill.pt2"
     if damage == "other torch":
         manifest = json.loads((target / MANIFEST).read_text())
-        manifest["torch_version"] = "2.0.0"
-        (target / MANIFEST).write_text(json.dumps(manifest))
+        manifest["torch_version"] = "2.0.0"  # as another torch writes it: sealed
+        (target / MANIFEST).write_text(json.dumps(seal(manifest)))
         return MANIFEST
     raise AssertionError(damage)
 

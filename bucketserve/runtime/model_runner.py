@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from ..compiler import aoti
+from ..compiler.graph_inputs import check_graph_inputs
 from ..compiler.graph_specs import PREFILL, context_len_through, decoder_name, graph_constants, prefill_width
 from ..compiler.layout import GRAPHS_DIR
 from ..config import CompileConfig
@@ -42,6 +43,7 @@ class ModelRunner:
             self.decoders = {b: decoder for b in self.decoder_batch_sizes}
         else:
             graphs = directory / GRAPHS_DIR
+            check_graph_inputs(graphs, compile_config, self.kv_cache.tensor)  # as compiled, before any graph runs
             library.load_from(graphs)  # before the graphs that call its kernels
             self.prefill_graph = aoti.load_graph(graphs / f"{PREFILL}.pt2", graph_constants(prefill), self.packed_weights)
             self.decoders = {
