@@ -17,8 +17,9 @@ import torch
 
 from .checkpoints import Checkpoint, open_checkpoint, resolve_model_dir
 from .compiled_options import check_options_match
+from .compiler.atomic_write import write_directory
 from .compiler.build import build_compiled_directory
-from .compiler.manifest import manifest_configs, read_manifest, verify_manifest, weight_like_files
+from .compiler.manifest import manifest_configs, other_files, read_manifest, verify_manifest, weight_like_files
 from .compiler.tensor_parallel import compile_tensor_parallel
 from .config import CompileConfig, build_compile_config
 from .models.config import SUPPORTED_MODEL_TYPES, ModelConfig
@@ -154,8 +155,11 @@ class BucketModelForCausalLM:
         if foreign:
             raise FileExistsError(f"{target} already holds weight files of another model ({', '.join(foreign)}); "
                                   "save to a new or empty directory, or remove them")
-        target.mkdir(parents=True, exist_ok=True)
-        shutil.copytree(self.directory, target, dirs_exist_ok=True)
+        others = other_files(target)
+        if others:  # the save replaces the directory as a whole: never a folder of the user's own files
+            raise FileExistsError(f"{target} holds files that are no compiled model's ({', '.join(others[:5])}); "
+                                  "save to a new or empty directory, or remove them")
+        write_directory(target, lambda staging: shutil.copytree(self.directory, staging, dirs_exist_ok=True))
 
     # ---- what the model is ----
     @property

@@ -258,3 +258,41 @@ def test_compiled_cpu_decoder_reads_each_row_up_to_its_own_position(compiled_dir
     assert torch.equal(full, logits_reading(128))
     cache.tensor[:, 0, cache.slot(table, 70)] *= 2  # seen by the row
     assert not torch.allclose(full, logits_reading(128), rtol=0, atol=1e-3 * full.abs().max().item())
+
+
+def snapshot(directory) -> dict[str, bytes]:
+    return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def test_a_save_that_fails_part_way_leaves_the_old_directory_untouched(tiny_checkpoint, eager_dir, tmp_path, monkeypatch):
+    target = tmp_path / "saved"
+    AutoModelForCausalLM.from_pretrained(eager_dir).save_pretrained(target)
+    before = snapshot(target)
+    other = AutoModelForCausalLM.from_pretrained(
+        tiny_checkpoint, export=True, compiler="eager", batch_size=2, max_seq_len=128, kvcache_block_size=32)
+    copied, real_copyfile = [], shutil.copyfile
+
+    def copy_three_then_fail(src, dst, *args, **kwargs):
+        if len(copied) == 3:
+            raise OSError(28, "No space left on device (simulated)")
+        copied.append(src)
+        return real_copyfile(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(shutil, "copyfile", copy_three_then_fail)
+    with pytest.raises(OSError, match="No space left"):
+        other.save_pretrained(target)
+    with pytest.raises(OSError, match="No space left"):
+        other.save_pretrained(tmp_path / "fresh")
+    copied.clear()
+    assert len(copied) == 0 and snapshot(target) == before  # byte for byte the earlier save
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["saved"]  # no partial sibling, no half-written "fresh"
+    monkeypatch.setattr(shutil, "copyfile", real_copyfile)
+    other.save_pretrained(target)  # a save that completes replaces it as a whole
+    assert AutoModelForCausalLM.from_pretrained(target).rbln_config == other.rbln_config
+
+
+def test_save_refuses_to_replace_a_folder_of_other_files(eager_dir, tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="notes.txt"):
+        AutoModelForCausalLM.from_pretrained(eager_dir).save_pretrained(tmp_path)
+    assert (tmp_path / "notes.txt").read_text() == "mine"

@@ -151,6 +151,19 @@ def weight_like_files(directory: Path) -> list[Path]:
     return [p for p in directory.glob("*.safetensors*") if p.is_file()] if directory.is_dir() else []
 
 
+def other_files(directory: Path) -> list[str]:
+    """Files of `directory` that are no part of the compiled model its manifest describes (all of them where it
+    has no readable manifest): what replacing the directory would lose."""
+    if not directory.is_dir():
+        return []
+    present = sorted(str(p.relative_to(directory)) for p in directory.rglob("*") if p.is_file())
+    try:
+        listed = set(json.loads((directory / MANIFEST).read_text())["files"]) | {MANIFEST}
+    except (OSError, ValueError, TypeError, KeyError):
+        listed = set()
+    return [name for name in present if name not in listed]
+
+
 def verify_manifest(directory: Path, check_hashes: bool = True, rank: int | None = None) -> dict[str, Any]:
     """rank: check only the files that rank needs (the shared ones and its own rank{r}/), as on a host that
     runs only that rank of a tensor-parallel model."""
