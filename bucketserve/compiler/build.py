@@ -81,7 +81,8 @@ def write_rank_files(
             package = target / GRAPHS_DIR / f"{spec.name}.pt2"
             started = time.perf_counter()
             aoti.compile_graph(spec, package)
-            write_inputs(package, PREFILL_INPUTS if spec.name == PREFILL else DECODER_INPUTS, spec.example_inputs)
+            write_inputs(package, PREFILL_INPUTS if spec.name == PREFILL else DECODER_INPUTS, spec.example_inputs,
+                         model.model.norm.weight.dtype)
             compile_seconds[prefix + spec.name] = round(time.perf_counter() - started, 2)
             logger.info("compiled %s%s in %.1f s", prefix, spec.name, compile_seconds[prefix + spec.name])
             bar.update()

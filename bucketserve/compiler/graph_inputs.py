@@ -24,7 +24,8 @@ FIXED_BY = {
     "block_tables": "max_seq_len / kvcache_block_size",
     "context_positions": "max_seq_len",
     "last_index": "batch_size",
-    "kv_cache": "kvcache_num_blocks / kvcache_block_size / kv_cache_dtype",
+    "kv_cache": "kvcache_num_blocks / kvcache_block_size / kv_cache_dtype / device",
+    "weights": "dtype",
 }
 
 
@@ -32,28 +33,36 @@ def inputs_path(package_path: Path) -> Path:
     return package_path.with_suffix(".inputs.json")
 
 
-def describe(names: tuple[str, ...], inputs: tuple) -> dict[str, dict]:
-    """{input name: {"shape": [...], "dtype": "float32"}}; free dimensions at their largest."""
-    return {name: {"shape": list(t.shape), "dtype": str(t.dtype).removeprefix("torch.")}
-            for name, t in zip(names, inputs, strict=True)}
+def describe(names: tuple[str, ...], inputs: tuple, weights_dtype: torch.dtype) -> dict[str, dict]:
+    """{input name: {"shape": [...], "dtype": "float32", "device": "cpu"}}, free dimensions at their largest,
+    and "weights": the dtype of the float weights the graph was compiled against (load_constants shares them)."""
+    described = {name: {"shape": list(t.shape), "dtype": _name(t.dtype), "device": t.device.type}
+                 for name, t in zip(names, inputs, strict=True)}
+    return {**described, "weights": {"dtype": _name(weights_dtype)}}
 
 
-def write_inputs(package_path: Path, names: tuple[str, ...], inputs: tuple) -> None:
-    inputs_path(package_path).write_text(json.dumps(describe(names, inputs), indent=1))
+def _name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
 
 
-def expected_inputs(compile_config: CompileConfig, kv_cache: torch.Tensor) -> dict[str, dict[str, dict]]:
+def write_inputs(package_path: Path, names: tuple[str, ...], inputs: tuple, weights_dtype: torch.dtype) -> None:
+    inputs_path(package_path).write_text(json.dumps(describe(names, inputs, weights_dtype), indent=1))
+
+
+def expected_inputs(compile_config: CompileConfig, kv_cache: torch.Tensor,
+                    weights_dtype: torch.dtype) -> dict[str, dict[str, dict]]:
     """{graph name: its inputs described} as the options make them, for every graph they name."""
-    graphs = {PREFILL: describe(PREFILL_INPUTS, prefill_inputs(compile_config, kv_cache))}
+    graphs = {PREFILL: describe(PREFILL_INPUTS, prefill_inputs(compile_config, kv_cache), weights_dtype)}
     for b in compile_config.decoder_batch_sizes:
-        graphs[decoder_name(b)] = describe(DECODER_INPUTS, decoder_inputs(compile_config, kv_cache, b))
+        graphs[decoder_name(b)] = describe(DECODER_INPUTS, decoder_inputs(compile_config, kv_cache, b), weights_dtype)
     return graphs
 
 
-def check_graph_inputs(graphs_dir: Path, compile_config: CompileConfig, kv_cache: torch.Tensor) -> None:
+def check_graph_inputs(graphs_dir: Path, compile_config: CompileConfig, kv_cache: torch.Tensor,
+                       weights_dtype: torch.dtype) -> None:
     """Raise CompiledModelError naming the graph's file and the first input whose shape or dtype differs from what the
     options make (the options came from a manifest that does not fit its graphs)."""
-    for graph, wanted in expected_inputs(compile_config, kv_cache).items():
+    for graph, wanted in expected_inputs(compile_config, kv_cache, weights_dtype).items():
         package = graphs_dir / f"{graph}.pt2"
         recorded_path = inputs_path(package)
         if not package.is_file() or not recorded_path.is_file():

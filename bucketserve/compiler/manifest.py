@@ -13,10 +13,12 @@ from typing import Any
 import torch
 
 from ..checkpoints.file_digest import sha256_of
+from ..checkpoints.safetensors_checkpoint import SINGLE_FILE
 from ..compiled_options import normalized_manifest_config
 from ..config import CompileConfig
 from ..models.config import ModelConfig
-from .layout import other_rank_file, rank_dir
+from .graph_specs import PREFILL, decoder_name
+from .layout import GRAPHS_DIR, other_rank_file, rank_dir
 from .native_files import NativeFileError, check_native_file
 
 MANIFEST = "bucketserve_manifest.json"
@@ -124,7 +126,30 @@ def manifest_configs(manifest: dict[str, Any], directory: Path) -> tuple[Compile
         compile_config = normalized_manifest_config(manifest["compile_config"], model_config)
     except (ValueError, TypeError) as err:
         raise CompiledModelError(f"{path}: {err}; recompile the model") from err
+    if compile_config.device == "cuda" and not torch.cuda.is_available():
+        raise CompiledModelError(f"{path}: compile_config.device is 'cuda', but this torch ({torch.__version__}) sees no "
+                                 "CUDA device; load it on a machine with a GPU, or recompile with device='cpu'")
+    missing = [name for name in required_files(compile_config) if name not in manifest["files"]]
+    if missing:
+        raise CompiledModelError(f"{path}: compile_config (tensor_parallel_size {compile_config.tensor_parallel_size}, "
+                                 f"compiler {compile_config.compiler!r}, decoder_batch_sizes "
+                                 f"{list(compile_config.decoder_batch_sizes)}) needs {missing[0]}, which the manifest "
+                                 "does not list; recompile the model")
     return compile_config, model_config
+
+
+def required_files(compile_config: CompileConfig) -> list[str]:
+    """The files (paths inside the directory) the options say the directory holds: each rank's weights and,
+    compiled with AOTInductor, each rank's graphs with what they take beside them."""
+    world = compile_config.tensor_parallel_size
+    names = []
+    for rank in range(world):
+        folder = rank_dir(Path(), rank, world)
+        names.append(str(folder / SINGLE_FILE))
+        if compile_config.compiler == "aoti":
+            graphs = [PREFILL, *(decoder_name(b) for b in compile_config.decoder_batch_sizes)]
+            names += [str(folder / GRAPHS_DIR / f"{graph}{suffix}") for graph in graphs for suffix in (".pt2", ".inputs.json")]
+    return names
 
 
 def _check_model_config(path: Path, model_config: ModelConfig, directory: Path) -> None:

@@ -43,7 +43,8 @@ class ModelRunner:
             self.decoders = {b: decoder for b in self.decoder_batch_sizes}
         else:
             graphs = directory / GRAPHS_DIR
-            check_graph_inputs(graphs, compile_config, self.kv_cache.tensor)  # as compiled, before any graph runs
+            # As compiled, before any graph runs: a graph handed another cache or weights would run out of bounds.
+            check_graph_inputs(graphs, compile_config, self.kv_cache.tensor, model.model.norm.weight.dtype)
             library.load_from(graphs)  # before the graphs that call its kernels
             self.prefill_graph = aoti.load_graph(graphs / f"{PREFILL}.pt2", graph_constants(prefill), self.packed_weights)
             self.decoders = {
