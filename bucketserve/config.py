@@ -161,7 +161,7 @@ def build_compile_config(options: dict[str, Any], model_config: ModelConfig, che
         raise ValueError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
     device = o.get("device", "cpu")
     if device not in DEVICES:
-        raise ValueError(f"device {device!r} is not supported; choose one of {', '.join(DEVICES)}")
+        raise ValueError(f"unknown device {device!r}, not supported; choose one of {', '.join(DEVICES)}")
     if device == "cuda" and check_device and not torch.cuda.is_available():
         raise ValueError(f"device 'cuda' was asked for, but this torch ({torch.__version__}) sees no CUDA device; "
                          "compile with device='cpu', or on a machine with a GPU and a CUDA build of torch")

@@ -235,3 +235,37 @@ def test_a_checkpoint_without_tokenizer_files_compiles_with_a_warning(tiny_check
     with caplog.at_level(logging.WARNING):
         compile_eager(bare, max_seq_len=64)
     assert "has no tokenizer files" in caplog.text and "tokenizer=" in caplog.text
+
+
+# ---- options against a compiled directory: one normalizer (compiled_options.py) for from_pretrained(dir),
+# LLM(...) and the server, comparing what a compile would make of the options with what was compiled ----
+def test_the_compiled_options_in_any_spelling_are_accepted_by_both_entrypoints(eager_dir):
+    from bucketserve import LLM
+
+    compiled = AutoModelForCausalLM.from_pretrained(eager_dir).rbln_config
+    same = dict(kv_cache_dtype="fp32", dtype="float32", decoder_batch_sizes=[1, 4, 8, 4],
+                rbln_quantization={"weights": None, "kv_caches": "float32"}, rbln_config={"max_seq_len": compiled.max_seq_len})
+    assert AutoModelForCausalLM.from_pretrained(eager_dir, **same).rbln_config == compiled
+    llm = LLM(model=str(eager_dir), max_num_seqs=compiled.batch_size, max_model_len=compiled.max_seq_len,
+              block_size=compiled.max_seq_len, dtype="float32", device="cpu", tensor_parallel_size=1)
+    assert llm.model.rbln_config == compiled
+
+
+@pytest.mark.parametrize("entrypoint", ["from_pretrained", "LLM"])
+@pytest.mark.parametrize("option, value, message", [
+    # Equal to the compiled value as numbers, but no value a compile takes: refused as a compile refuses it.
+    ("batch_size", 8.0, "batch_size must be an integer >= 1, got 8.0"),
+    ("max_seq_len", True, "max_seq_len must be an integer >= 1, got True"),
+    # Valid, and different from what was compiled: named as the user spelled it, with the compiled value.
+    ("batch_size", 4, "=4 was given, but it differs from the compiled batch_size=8"),
+    ("dtype", "bfloat16", "dtype='bfloat16' was given, but it differs from the compiled dtype='float32'"),
+])
+def test_options_are_validated_as_a_compile_would_then_compared(eager_dir, entrypoint, option, value, message):
+    from bucketserve import LLM
+
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        if entrypoint == "LLM":
+            vllm_name = {"batch_size": "max_num_seqs", "max_seq_len": "max_model_len"}.get(option, option)
+            LLM(model=str(eager_dir), **{vllm_name: value})
+        else:
+            AutoModelForCausalLM.from_pretrained(eager_dir, **{option: value})
