@@ -113,6 +113,10 @@ def normalize_decoder_batch_sizes(values: Any, batch_size: int) -> tuple[int, ..
 DEFAULT_BLOCK_SIZE = 16
 
 
+# KV slots the cache may have: the graphs and kernels index slots with 32-bit offsets.
+MAX_KV_SLOTS = 2**31 - 1
+
+
 def default_block_size(max_seq_len: int) -> int:
     """DEFAULT_BLOCK_SIZE where it divides max_seq_len; otherwise one block per sequence."""
     return DEFAULT_BLOCK_SIZE if max_seq_len % DEFAULT_BLOCK_SIZE == 0 else max_seq_len
@@ -152,6 +156,11 @@ def build_compile_config(options: dict[str, Any], model_config: ModelConfig, che
         raise ValueError(
             f"kvcache_num_blocks {num_blocks} cannot hold one full sequence ({blocks_per_sequence} blocks) plus "
             f"the reserved padding block; use kvcache_num_blocks >= {blocks_per_sequence + 1}"
+        )
+    if num_blocks * block_size > MAX_KV_SLOTS:
+        raise ValueError(
+            f"kvcache_num_blocks {num_blocks} of kvcache_block_size {block_size} make {num_blocks * block_size} KV "
+            f"slots, more than a cache can index ({MAX_KV_SLOTS}); use kvcache_num_blocks <= {MAX_KV_SLOTS // block_size}"
         )
     chunk = o.get("prefill_chunk_size", min(128, max_seq_len))
     if isinstance(chunk, bool) or not isinstance(chunk, int) or not 1 <= chunk <= max_seq_len:

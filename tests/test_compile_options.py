@@ -97,6 +97,12 @@ def test_too_few_kv_blocks_is_an_error(tiny_checkpoint):
         compile_eager(tiny_checkpoint, max_seq_len=64, kvcache_block_size=16, kvcache_num_blocks=4)
 
 
+def test_more_kv_slots_than_a_cache_can_index_is_an_error(tiny_checkpoint):
+    # 2^62 blocks (a fuzzed manifest found it) would reach torch.zeros as a size that does not fit an int64.
+    with pytest.raises(ValueError, match=f"kvcache_num_blocks {2**62} of kvcache_block_size 16 make"):
+        compile_eager(tiny_checkpoint, max_seq_len=64, kvcache_block_size=16, kvcache_num_blocks=2**62)
+
+
 def test_mistral_max_seq_len_above_its_sliding_window_is_an_error(tmp_path):
     checkpoint = build_random_checkpoint(tmp_path, model_type="mistral", sliding_window=64)
     with pytest.raises(ValueError, match="max_seq_len 128 exceeds the checkpoint's sliding_window 64"):
