@@ -58,12 +58,13 @@ def check_options_match(options: dict[str, Any], compiled: CompileConfig, model_
                         directory: str | Path) -> None:
     """Raise ValueError naming the first option (as the user spelled it) whose normalized value differs from what
     `directory` was compiled with. options: compile options (rbln_ aliases allowed) or vLLM's engine arguments
-    (VLLM_SPELLINGS); None, and "auto" for dtype and device, mean "as compiled"."""
+    (VLLM_SPELLINGS); "auto" for dtype and device means "as compiled". None is a value as a compile reads it
+    (quantization=None: float weights); leave an option out to take what was compiled."""
     spelled: dict[str, str] = {}
     plain: dict[str, Any] = {}
     compile_options = {}
     for name, value in options.items():
-        if value is None or (name in ("dtype", "device") and value == "auto"):
+        if name in ("dtype", "device") and value == "auto":
             continue
         if name == GROUPS_WHOLE_BLOCKS:
             _check_whole_blocks(value, compiled.kvcache_block_size)

@@ -275,3 +275,10 @@ def test_options_are_validated_as_a_compile_would_then_compared(eager_dir, entry
             LLM(model=str(eager_dir), **{vllm_name: value})
         else:
             AutoModelForCausalLM.from_pretrained(eager_dir, **{option: value})
+
+
+def test_quantization_none_is_float_weights_when_loading_too(eager_dir, tiny_checkpoint, tmp_path):
+    assert AutoModelForCausalLM.from_pretrained(eager_dir, quantization=None).rbln_config.quantization is None
+    compile_eager(tiny_checkpoint, max_seq_len=64, quantization="int8").save_pretrained(tmp_path / "int8")
+    with pytest.raises(ValueError, match="quantization=None was given, but it differs from the compiled quantization='int8'"):
+        AutoModelForCausalLM.from_pretrained(tmp_path / "int8", quantization=None)

@@ -31,9 +31,10 @@ class LLM:
         self.model = AutoModelForCausalLM.from_pretrained(model)
         compiled = self.model.compile_config
         # One normalizer for these and from_pretrained's options alike (compiled_options.py).
-        check_options_match(dict(device=device, dtype=dtype, tensor_parallel_size=tensor_parallel_size,
-                                 max_num_seqs=max_num_seqs, max_model_len=max_model_len, block_size=block_size),
-                            compiled, self.model.model_config, model)
+        given = dict(device=device, dtype=dtype, tensor_parallel_size=tensor_parallel_size, max_num_seqs=max_num_seqs,
+                     max_model_len=max_model_len, block_size=block_size)
+        check_options_match({name: value for name, value in given.items() if value is not None}, compiled,
+                            self.model.model_config, model)
         max_model_len = compiled.max_seq_len
         # A prompt longer than the budget is prefilled over several steps, so any positive budget works.
         if max_num_batched_tokens is not None and (isinstance(max_num_batched_tokens, bool) or
