@@ -118,16 +118,21 @@ def normalize_decoder_batch_sizes(values: Any, batch_size: int) -> tuple[int, ..
 DEFAULT_BLOCK_SIZE = 16
 
 
+# KV slots the cache may have: the graphs and kernels index slots with 32-bit offsets.
+MAX_KV_SLOTS = 2**31 - 1
+
+
 def default_block_size(max_seq_len: int) -> int:
     """DEFAULT_BLOCK_SIZE where it divides max_seq_len; otherwise one block per sequence."""
     return DEFAULT_BLOCK_SIZE if max_seq_len % DEFAULT_BLOCK_SIZE == 0 else max_seq_len
 
 
 def build_compile_config(options: dict[str, Any], model_config: ModelConfig,
-                         default_quantization: str | None = None) -> CompileConfig:
+                         default_quantization: str | None = None, check_device: bool = True) -> CompileConfig:
     """Validate user options (rbln_ aliases allowed) against the checkpoint; return the normalized config.
     default_quantization: the weights' scheme where the options name none (the checkpoint's: "auto" for a GGUF
-    whose matrices are quantized)."""
+    whose matrices are quantized). check_device=False leaves out whether this machine has the device (options
+    compared, not run)."""
     o = split_rbln_aliases(options)
     batch_size = _positive_int("batch_size", o.get("batch_size", 1))
     max_seq_len = _positive_int("max_seq_len", o.get("max_seq_len", min(2048, model_config.max_position_embeddings)))
@@ -162,6 +167,11 @@ def build_compile_config(options: dict[str, Any], model_config: ModelConfig,
             f"kvcache_num_blocks {num_blocks} cannot hold one full sequence ({blocks_per_sequence} blocks) plus "
             f"the reserved padding block; use kvcache_num_blocks >= {blocks_per_sequence + 1}"
         )
+    if num_blocks * block_size > MAX_KV_SLOTS:
+        raise ValueError(
+            f"kvcache_num_blocks {num_blocks} of kvcache_block_size {block_size} make {num_blocks * block_size} KV "
+            f"slots, more than a cache can index ({MAX_KV_SLOTS}); use kvcache_num_blocks <= {MAX_KV_SLOTS // block_size}"
+        )
     chunk = o.get("prefill_chunk_size", min(128, max_seq_len))
     if isinstance(chunk, bool) or not isinstance(chunk, int) or not 1 <= chunk <= max_seq_len:
         raise ValueError(f"prefill_chunk_size must be an integer in [1, max_seq_len={max_seq_len}], got {chunk!r}")
@@ -170,8 +180,8 @@ def build_compile_config(options: dict[str, Any], model_config: ModelConfig,
         raise ValueError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
     device = o.get("device", "cpu")
     if device not in DEVICES:
-        raise ValueError(f"unknown device {device!r}; choose one of {', '.join(DEVICES)}")
-    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"unknown device {device!r}, not supported; choose one of {', '.join(DEVICES)}")
+    if device == "cuda" and check_device and not torch.cuda.is_available():
         raise ValueError(f"device 'cuda' was asked for, but this torch ({torch.__version__}) sees no CUDA device; "
                          "compile with device='cpu', or on a machine with a GPU and a CUDA build of torch")
     compiler = o.get("compiler", "aoti")

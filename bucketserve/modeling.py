@@ -17,14 +17,15 @@ from typing import Any
 import torch
 
 from .checkpoints import Checkpoint, open_checkpoint, resolve_model_dir
-from .compiler.manifest import read_manifest, verify_manifest, weight_like_files
-from .config import CompileConfig, build_compile_config, normalize_decoder_batch_sizes, split_rbln_aliases
+from .compiled_options import check_options_match
+from .compiler.atomic_write import write_directory
+from .compiler.manifest import manifest_configs, other_files, read_manifest, verify_manifest, weight_like_files
+from .config import CompileConfig, build_compile_config
 from .models.config import SUPPORTED_MODEL_TYPES, ModelConfig
 from .models.vocabulary import check_token_ids
 from .planner.auto import record_plan, resolve_auto_decoder_batch_sizes
 from .planner.eager_calibration import eager_cost_table
 from .quantization.checkpoint_state import default_quantization
-from .quantization.options import kv_cache_dtype, split_quantization
 from .runtime.distributed import RankPlacement
 from .runtime.executor import Executor
 from .runtime.executors import compile_executor, load_executor
@@ -105,29 +106,9 @@ class BucketModelForCausalLM:
         # its shard tells rank 0 so, rather than leaving it to wait for a rank that never joins.
         placement = RankPlacement.from_env()
         manifest = verify_manifest(directory) if placement is None else read_manifest(directory)
-        compile_config = CompileConfig.from_dict(manifest["compile_config"])
-        model_config = ModelConfig.from_dict(manifest["model_config"])
+        compile_config, model_config = manifest_configs(manifest, directory)
         cls._check_model_type(model_config.model_type)
-        given = split_rbln_aliases(options)
-        normalized = dict(given)
-        if "quantization" in given or "kv_cache_dtype" in given:  # as compiled: "bf16" is "bfloat16"; a dict is both
-            scheme, kv_cache = split_quantization(given.get("quantization"), given.get("kv_cache_dtype"))
-            normalized.update({"quantization": scheme} if "quantization" in given else {})
-            if kv_cache is not None:
-                normalized["kv_cache_dtype"] = kv_cache_dtype(kv_cache, compile_config.dtype)
-        for name, wanted in normalized.items():
-            value = given.get(name, given.get("quantization"))
-            compiled = getattr(compile_config, name)
-            if name == "kv_cache_dtype":
-                compiled = str(compile_config.kv_cache_torch_dtype).removeprefix("torch.")
-            # Compare as compiled: decoder_batch_sizes=[1, 4, 8] asks for the same decoders as (8, 4, 1).
-            if name == "decoder_batch_sizes":
-                wanted = normalize_decoder_batch_sizes(wanted, compile_config.batch_size)
-            if wanted != compiled:
-                raise ValueError(
-                    f"{name}={value!r} was given, but {directory} was compiled with {name}={compiled!r}; "
-                    f"drop the option, or recompile with from_pretrained(checkpoint, export=True, {name}=...)"
-                )
+        check_options_match(options, compile_config, model_config, directory)
         return cls(load_executor(directory, compile_config, model_config, placement), manifest)
 
     def close(self) -> None:
@@ -166,8 +147,11 @@ class BucketModelForCausalLM:
         if foreign:
             raise FileExistsError(f"{target} already holds weight files of another model ({', '.join(foreign)}); "
                                   "save to a new or empty directory, or remove them")
-        target.mkdir(parents=True, exist_ok=True)
-        shutil.copytree(self.directory, target, dirs_exist_ok=True)
+        others = other_files(target)
+        if others:  # the save replaces the directory as a whole: never a folder of the user's own files
+            raise FileExistsError(f"{target} holds files that are no compiled model's ({', '.join(others[:5])}); "
+                                  "save to a new or empty directory, or remove them")
+        write_directory(target, lambda staging: shutil.copytree(self.directory, staging, dirs_exist_ok=True))
 
     # ---- what the model is ----
     @property

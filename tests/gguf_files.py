@@ -2,6 +2,7 @@
 plus the blocks gguf-py cannot make itself (K-quants) and damaged files for the error paths."""
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -49,3 +50,34 @@ def write_bare_gguf(path: Path, architecture: str) -> Path:
     writer.write_tensors_to_file()
     writer.close()
     return path
+
+
+def patched_gguf(source: Path, target: Path, key: str, value) -> Path:
+    """A copy of source with one scalar metadata field overwritten in place (same type, same size: a patched
+    4-byte block_count claims 2^31 layers without a big file)."""
+    import gguf
+
+    shutil.copyfile(source, target)
+    reader = gguf.GGUFReader(target, "r+")
+    field = reader.fields[key]
+    field.parts[field.data[0]][0] = value
+    reader.data.flush()
+    del reader
+    return target
+
+
+def poisoned_gguf(source: Path, target: Path, tensor_name: str) -> Path:
+    """A copy of source whose tensor holds an Inf: its first value (F32), or its first block's float16 scale."""
+    import gguf
+
+    shutil.copyfile(source, target)
+    reader = gguf.GGUFReader(target, "r+")
+    tensor = next(t for t in reader.tensors if t.name == tensor_name)
+    data = tensor.data.reshape(-1)
+    if tensor.tensor_type == gguf.GGMLQuantizationType.F32:
+        data[0] = np.inf
+    else:
+        data.view(np.uint8)[:2] = np.frombuffer(np.float16(np.inf).tobytes(), dtype=np.uint8)
+    reader.data.flush()
+    del reader
+    return target

@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from bucketserve import AutoModelForCausalLM
+from bucketserve.checkpoints import CheckpointError
 from bucketserve.checkpoints.safetensors_checkpoint import MappedWeights
 
 EAGER = dict(compiler="eager", batch_size=2, max_seq_len=64, kvcache_block_size=64)  # logits_of uses one block
@@ -161,3 +162,15 @@ def test_llama3_rope_without_its_original_context_takes_max_position_embeddings_
         expected = hf(torch.tensor([tokens])).logits[0, -1]
     model = AutoModelForCausalLM.from_pretrained(checkpoint, export=True, **EAGER)
     torch.testing.assert_close(logits_of(model, tokens).reshape(-1), expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_a_nan_or_inf_weight_is_refused_naming_the_tensor_and_file(tiny_checkpoint, tmp_path, value):
+    poisoned = tmp_path / "poisoned"
+    shutil.copytree(tiny_checkpoint, poisoned)
+    state = load_file(poisoned / "model.safetensors")
+    state["model.layers.1.mlp.down_proj.weight"][3, 5] = value
+    save_file(state, poisoned / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(CheckpointError, match="tensor model.layers.1.mlp.down_proj.weight holds NaN or Inf") as raised:
+        AutoModelForCausalLM.from_pretrained(poisoned, export=True, **EAGER)
+    assert "model.safetensors" in str(raised.value)

@@ -97,6 +97,12 @@ def test_too_few_kv_blocks_is_an_error(tiny_checkpoint):
         compile_eager(tiny_checkpoint, max_seq_len=64, kvcache_block_size=16, kvcache_num_blocks=4)
 
 
+def test_more_kv_slots_than_a_cache_can_index_is_an_error(tiny_checkpoint):
+    # 2^62 blocks (a fuzzed manifest found it) would reach torch.zeros as a size that does not fit an int64.
+    with pytest.raises(ValueError, match=f"kvcache_num_blocks {2**62} of kvcache_block_size 16 make"):
+        compile_eager(tiny_checkpoint, max_seq_len=64, kvcache_block_size=16, kvcache_num_blocks=2**62)
+
+
 def test_mistral_max_seq_len_above_its_sliding_window_is_an_error(tmp_path):
     checkpoint = build_random_checkpoint(tmp_path, model_type="mistral", sliding_window=64)
     with pytest.raises(ValueError, match="max_seq_len 128 exceeds the checkpoint's sliding_window 64"):
@@ -235,3 +241,44 @@ def test_a_checkpoint_without_tokenizer_files_compiles_with_a_warning(tiny_check
     with caplog.at_level(logging.WARNING):
         compile_eager(bare, max_seq_len=64)
     assert "has no tokenizer files" in caplog.text and "tokenizer=" in caplog.text
+
+
+# ---- options against a compiled directory: one normalizer (compiled_options.py) for from_pretrained(dir),
+# LLM(...) and the server, comparing what a compile would make of the options with what was compiled ----
+def test_the_compiled_options_in_any_spelling_are_accepted_by_both_entrypoints(eager_dir):
+    from bucketserve import LLM
+
+    compiled = AutoModelForCausalLM.from_pretrained(eager_dir).rbln_config
+    same = dict(kv_cache_dtype="fp32", dtype="float32", decoder_batch_sizes=[1, 4, 8, 4],
+                rbln_quantization={"weights": None, "kv_caches": "float32"}, rbln_config={"max_seq_len": compiled.max_seq_len})
+    assert AutoModelForCausalLM.from_pretrained(eager_dir, **same).rbln_config == compiled
+    llm = LLM(model=str(eager_dir), max_num_seqs=compiled.batch_size, max_model_len=compiled.max_seq_len,
+              block_size=compiled.max_seq_len, dtype="float32", device="cpu", tensor_parallel_size=1)
+    assert llm.model.rbln_config == compiled
+
+
+@pytest.mark.parametrize("entrypoint", ["from_pretrained", "LLM"])
+@pytest.mark.parametrize("option, value, message", [
+    # Equal to the compiled value as numbers, but no value a compile takes: refused as a compile refuses it.
+    ("batch_size", 8.0, "batch_size must be an integer >= 1, got 8.0"),
+    ("max_seq_len", True, "max_seq_len must be an integer >= 1, got True"),
+    # Valid, and different from what was compiled: named as the user spelled it, with the compiled value.
+    ("batch_size", 4, "=4 was given, but it differs from the compiled batch_size=8"),
+    ("dtype", "bfloat16", "dtype='bfloat16' was given, but it differs from the compiled dtype='float32'"),
+])
+def test_options_are_validated_as_a_compile_would_then_compared(eager_dir, entrypoint, option, value, message):
+    from bucketserve import LLM
+
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        if entrypoint == "LLM":
+            vllm_name = {"batch_size": "max_num_seqs", "max_seq_len": "max_model_len"}.get(option, option)
+            LLM(model=str(eager_dir), **{vllm_name: value})
+        else:
+            AutoModelForCausalLM.from_pretrained(eager_dir, **{option: value})
+
+
+def test_quantization_none_is_float_weights_when_loading_too(eager_dir, tiny_checkpoint, tmp_path):
+    assert AutoModelForCausalLM.from_pretrained(eager_dir, quantization=None).rbln_config.quantization is None
+    compile_eager(tiny_checkpoint, max_seq_len=64, quantization="int8").save_pretrained(tmp_path / "int8")
+    with pytest.raises(ValueError, match="quantization=None was given, but it differs from the compiled quantization='int8'"):
+        AutoModelForCausalLM.from_pretrained(tmp_path / "int8", quantization=None)

@@ -8,12 +8,14 @@ import shutil
 import pytest
 import torch
 import transformers
+from manifest_loads import load_cases
 
 import bucketserve.compiler.aoti
 from bucketserve import AutoModelForCausalLM, LlamaForCausalLM
+from bucketserve.checkpoints.file_digest import sha256_of
 from bucketserve.compiler.directory_layout import GRAPHS_DIR
 from bucketserve.compiler.graph_specs import context_len_through, prefill_width
-from bucketserve.compiler.manifest import MANIFEST, CompiledModelError
+from bucketserve.compiler.manifest import MANIFEST, CompiledModelError, seal
 from bucketserve.kernels import library
 
 
@@ -121,8 +123,8 @@ def damaged_copy(compiled_dir, target, damage: str):
         return "prefill.pt2"
     if damage == "other torch":
         manifest = json.loads((target / MANIFEST).read_text())
-        manifest["torch_version"] = "2.0.0"
-        (target / MANIFEST).write_text(json.dumps(manifest))
+        manifest["torch_version"] = "2.0.0"  # as another torch writes it: sealed
+        (target / MANIFEST).write_text(json.dumps(seal(manifest)))
         return MANIFEST
     raise AssertionError(damage)
 
@@ -258,3 +260,183 @@ def test_compiled_cpu_decoder_reads_each_row_up_to_its_own_position(compiled_dir
     assert torch.equal(full, logits_reading(128))
     cache.tensor[:, 0, cache.slot(table, 70)] *= 2  # seen by the row
     assert not torch.allclose(full, logits_reading(128), rtol=0, atol=1e-3 * full.abs().max().item())
+
+
+def snapshot(directory) -> dict[str, bytes]:
+    return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def test_a_save_that_fails_part_way_leaves_the_old_directory_untouched(tiny_checkpoint, eager_dir, tmp_path, monkeypatch):
+    target = tmp_path / "saved"
+    AutoModelForCausalLM.from_pretrained(eager_dir).save_pretrained(target)
+    before = snapshot(target)
+    other = AutoModelForCausalLM.from_pretrained(
+        tiny_checkpoint, export=True, compiler="eager", batch_size=2, max_seq_len=128, kvcache_block_size=32)
+    copied, real_copyfile = [], shutil.copyfile
+
+    def copy_three_then_fail(src, dst, *args, **kwargs):
+        if len(copied) == 3:
+            raise OSError(28, "No space left on device (simulated)")
+        copied.append(src)
+        return real_copyfile(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(shutil, "copyfile", copy_three_then_fail)
+    with pytest.raises(OSError, match="No space left"):
+        other.save_pretrained(target)
+    with pytest.raises(OSError, match="No space left"):
+        other.save_pretrained(tmp_path / "fresh")
+    copied.clear()
+    assert len(copied) == 0 and snapshot(target) == before  # byte for byte the earlier save
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["saved"]  # no partial sibling, no half-written "fresh"
+    monkeypatch.setattr(shutil, "copyfile", real_copyfile)
+    other.save_pretrained(target)  # a save that completes replaces it as a whole
+    assert AutoModelForCausalLM.from_pretrained(target).rbln_config == other.rbln_config
+
+
+def test_save_refuses_to_replace_a_folder_of_other_files(eager_dir, tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="notes.txt"):
+        AutoModelForCausalLM.from_pretrained(eager_dir).save_pretrained(tmp_path)
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+# ---- the manifest: sealed by its own digest, its options through the compile-time validator, its graphs
+# checked against them; every load that could crash runs in a child process (tests/manifest_loads.py) ----
+
+def reseal_file_entry(directory, relative: str) -> None:
+    """Record a file's new size and sha256 in the manifest, as a careless re-run of a checksum tool would."""
+    manifest = json.loads((directory / MANIFEST).read_text())
+    path = directory / relative
+    manifest["files"][relative] = {"sha256": sha256_of(path), "bytes": path.stat().st_size}
+    (directory / MANIFEST).write_text(json.dumps(seal(manifest)))
+
+
+def test_an_edited_manifest_field_is_caught_by_its_digest_before_a_graph_runs(compiled_dir, tmp_path):
+    shutil.copytree(compiled_dir, tmp_path / "copy")
+    manifest = json.loads((tmp_path / "copy" / MANIFEST).read_text())
+    manifest["compile_config"]["kvcache_num_blocks"] = 1000
+    (tmp_path / "copy" / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(CompiledModelError, match="does not match its own manifest_sha256") as error:
+        AutoModelForCausalLM.from_pretrained(tmp_path / "copy")
+    assert MANIFEST in str(error.value)
+
+
+@pytest.mark.parametrize("content, named", [("[1, 2]", "holds a JSON list"), ('"text"', "holds a JSON str"),
+                                            ("{", "is not valid JSON")])
+def test_a_manifest_that_is_no_json_object_is_a_compiled_model_error(compiled_dir, tmp_path, content, named):
+    shutil.copytree(compiled_dir, tmp_path / "copy")
+    (tmp_path / "copy" / MANIFEST).write_text(content)
+    with pytest.raises(CompiledModelError, match=named) as error:
+        AutoModelForCausalLM.from_pretrained(tmp_path / "copy")
+    assert MANIFEST in str(error.value)
+
+
+# Edits the issue reproduced (each crashed, hung, or gave other tokens silently), made with the digest recomputed
+# as a deliberate edit would: each is caught by the check for what it changes, naming the file and the field.
+RESEALED_EDITS = {
+    "kv_cache_dtype bf16": ([(["compile_config", "kv_cache_dtype"], "bfloat16")], "input kv_cache"),
+    "block size 32": ([(["compile_config", "kvcache_block_size"], 32), (["compile_config", "kvcache_num_blocks"], 17)],
+                      "input block_tables"),
+    "1000 blocks": ([(["compile_config", "kvcache_num_blocks"], 1000)], "input kv_cache"),
+    "2 blocks": ([(["compile_config", "kvcache_num_blocks"], 2)], "kvcache_num_blocks 2 cannot hold one full sequence"),
+    "a decoder not compiled": ([(["compile_config", "decoder_batch_sizes"], [8, 4, 2, 1])], "graphs/decoder_batch_2.pt2"),
+    "rope_theta": ([(["model_config", "rope_theta"], 500000.0)], "model_config.rope_theta is 500000.0"),
+    "bfloat16 weights": ([(["compile_config", "dtype"], "bfloat16")], "input weights"),
+    "two ranks": ([(["compile_config", "tensor_parallel_size"], 2)], "needs rank0/model.safetensors"),
+    "no compile_config": ([], "field 'compile_config' is missing"),
+}
+
+
+def test_resealed_edits_that_crashed_hung_or_lied_are_each_named(compiled_dir, tmp_path):
+    shutil.copytree(compiled_dir, tmp_path / "copy")
+    cases = [{"set": edits, "reseal": True, **({"delete": [["compile_config"]]} if not edits else {})}
+             for edits, _ in RESEALED_EDITS.values()]
+    _, results = load_cases(tmp_path / "copy", cases, tmp_path)
+    for (case, (_, named)), result in zip(RESEALED_EDITS.items(), results, strict=True):
+        assert result.get("error") == "CompiledModelError", (case, result)
+        assert named in result["message"] and (MANIFEST in result["message"] or ".pt2" in result["message"]), (case, result)
+
+
+def test_a_truncated_graph_with_a_recomputed_checksum_names_its_file(compiled_dir, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(compiled_dir, copy)
+    graph = copy / GRAPHS_DIR / "decoder_batch_4.pt2"
+    graph.write_bytes(graph.read_bytes()[: graph.stat().st_size // 2])
+    reseal_file_entry(copy, f"{GRAPHS_DIR}/decoder_batch_4.pt2")
+    with pytest.raises(CompiledModelError, match="decoder_batch_4.pt2 is not a whole AOTInductor package"):
+        AutoModelForCausalLM.from_pretrained(copy)
+
+
+def test_a_truncated_kernel_library_with_a_recomputed_checksum_names_its_file_not_sigbus(compiled_dir, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(compiled_dir, copy)
+    kernels = copy / GRAPHS_DIR / library.LIBRARY_FILE
+    kernels.write_bytes(kernels.read_bytes()[: kernels.stat().st_size * 2 // 3])
+    reseal_file_entry(copy, f"{GRAPHS_DIR}/{library.LIBRARY_FILE}")
+    _, results = load_cases(copy, [{}], tmp_path, baseline=False)  # in a child: the library maps at load
+    assert results[0].get("error") == "CompiledModelError", results
+    assert f"{library.LIBRARY_FILE} is truncated" in results[0]["message"]
+
+
+# ---- the fuzz: every field of the manifest mutated three ways; each load gives the same tokens or a
+# CompiledModelError, never a crash, a hang or other tokens ----
+
+NEIGHBOURS = {"float32": "bfloat16", "bfloat16": "float32", "cpu": "cuda", "aoti": "eager", "eager": "aoti",
+              "llama": "mistral", "auto": "float32"}
+
+
+def mutations(value) -> list:
+    """A wrong type, a neighbouring value and a huge value for one field."""
+    if isinstance(value, bool):
+        return ["yes", not value, 2**62]
+    if isinstance(value, int):
+        return [str(value), value + 1, 2**62]
+    if isinstance(value, float):
+        return [str(value), value * (1 + 1e-6), 1e308]
+    if isinstance(value, str):
+        return [7, NEIGHBOURS.get(value, value + "0"), value * 5000]
+    if isinstance(value, list):
+        return ["a list", [*value, value[-1] if value else 1], list(range(5000))]
+    if isinstance(value, dict):
+        return [[value], {**value, "extra": 1}, {str(i): i for i in range(5000)}]
+    return ["none", 1, "x" * 5000]  # None
+
+
+def field_cases(manifest: dict, sections: list[str], reseal: bool) -> list[dict]:
+    """Every field of the named sections ("" for the top level) times mutations(), as manifest_loads cases."""
+    cases = []
+    for section in sections:
+        fields = manifest if section == "" else manifest[section]
+        for name, value in fields.items():
+            path = [name] if section == "" else [section, name]
+            cases += [{"set": [(path, mutated)], "reseal": reseal} for mutated in mutations(value)]
+    return cases
+
+
+def check_fuzz_results(cases: list[dict], results: list[dict], tokens: list[int]) -> None:
+    for case, result in zip(cases, results, strict=True):
+        assert result.get("tokens") == tokens or result.get("error") == "CompiledModelError", (case["set"], result)
+
+
+def test_fuzz_every_manifest_field_of_an_eager_directory(eager_dir, tmp_path):
+    """Edited without the digest recomputed (damage, a careless edit): the whole manifest."""
+    shutil.copytree(eager_dir, tmp_path / "copy")
+    manifest = json.loads((tmp_path / "copy" / MANIFEST).read_text())
+    first_file = next(iter(manifest["files"]))
+    cases = field_cases(manifest, ["", "compile_config", "model_config"], reseal=False)
+    cases += [{"set": [(["files", first_file, key], mutated)], "reseal": reseal}
+              for key in ("sha256", "bytes") for mutated in mutations(manifest["files"][first_file][key])
+              for reseal in (False, True)]
+    tokens, results = load_cases(tmp_path / "copy", cases, tmp_path)
+    check_fuzz_results(cases, results, tokens)
+    assert sum("tokens" in result for result in results) == 0  # every one of these edits is caught
+
+
+def test_fuzz_the_options_and_model_config_of_a_compiled_directory_with_the_digest_recomputed(compiled_dir, tmp_path):
+    """A deliberate edit (the digest recomputed): what is left to catch it is the compile-time validator, the
+    graphs' recorded inputs and config.json."""
+    shutil.copytree(compiled_dir, tmp_path / "copy")
+    manifest = json.loads((tmp_path / "copy" / MANIFEST).read_text())
+    cases = field_cases(manifest, ["compile_config", "model_config"], reseal=True)
+    tokens, results = load_cases(tmp_path / "copy", cases, tmp_path)
+    check_fuzz_results(cases, results, tokens)

@@ -132,7 +132,7 @@ def test_small_kv_cache_preempts_and_still_matches(tiny_checkpoint, tmp_path):
     ("max_model_len", 512, "max_seq_len=256"),
     ("block_size", 96, "not a multiple of the compiled kvcache_block_size=64"),
     ("max_num_batched_tokens", 0, "must be a positive integer"),
-    ("device", "cuda", "compiled for 'cpu'"),
+    ("device", "cuda", "compiled device='cpu'"),
     ("device", "tpu", "not supported"),
 ])
 def test_engine_options_must_match_what_was_compiled(eager_dir, option, value, message):

@@ -4,6 +4,9 @@ by name and leave nothing behind."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -12,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 import transformers
-from gguf_files import k_quant_tensor_types, write_bare_gguf
+from gguf_files import k_quant_tensor_types, patched_gguf, poisoned_gguf, write_bare_gguf
 
 from bucketserve import AutoModelForCausalLM
 from bucketserve.checkpoints import CheckpointError, QuantizedBlocks, open_checkpoint
@@ -215,7 +218,7 @@ def test_cli_compiles_a_gguf_file_and_refuses_a_bad_one_in_one_line(family_files
     bad = tmp_path / "bad.gguf"
     bad.write_bytes(b"not a model")
     capsys.readouterr()
-    assert cli_main(["compile", str(bad), str(tmp_path / "bad-out"), "--compiler", "eager"]) == 1
+    assert cli_main(["compile", str(bad), str(tmp_path / "bad-out"), "--compiler", "eager"]) == 2  # a bad file: 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "bad.gguf is not a GGUF file" in err
     assert not (tmp_path / "bad-out").exists()
@@ -234,3 +237,51 @@ def test_a_requantized_file_is_the_same_model_in_another_type(family_files, tmp_
     kept = "model.layers.0.mlp.up_proj.weight" if weight_type == "Q4_0" else "model.layers.0.self_attn.v_proj.weight"
     assert torch.equal(checkpoint.tensors[kept].data, original.tensors[kept].data)  # already that type: untouched
     torch.testing.assert_close(ours(again).prefill(PROMPT, [1]).logits, hf_logits(hf_from_gguf(again)), **LOGIT_TOLERANCE)
+
+
+# Address space for the child that opens a 2^31-layer claim: a name table built for the claimed count runs into
+# it as a MemoryError within seconds, instead of growing until the machine has no memory left.
+CHILD_ADDRESS_SPACE = 8 << 30
+
+
+def test_a_block_count_of_2_31_is_one_line_from_the_cli_and_exit_2(family_files, tmp_path):
+    _, good = family_files["llama"]
+    bomb = patched_gguf(good, tmp_path / "bomb.gguf", "llama.block_count", 2**31)
+    limit = f"import resource; resource.setrlimit(resource.RLIMIT_AS, ({CHILD_ADDRESS_SPACE}, {CHILD_ADDRESS_SPACE}))"
+    script = f"{limit}; import sys; from bucketserve.entrypoints.cli import main; sys.exit(main(sys.argv[1:]))"
+    child = subprocess.run([sys.executable, "-c", script, "compile", str(bomb), str(tmp_path / "out"), "--compiler", "eager"],
+                           capture_output=True, text=True, timeout=300, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
+    err = child.stderr.strip().splitlines()
+    assert child.returncode == 2, child.stderr[-2000:]
+    assert len(err) == 1 and "bomb.gguf" in err[0] and "llama.block_count is 2147483648" in err[0], err
+    assert "layers 0 to 1" in err[0] and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("key, value, named", [
+    ("llama.attention.head_count", 0, "llama.attention.head_count is 0"),
+    ("llama.attention.head_count", 3, "head_count_kv is 2, which does not divide llama.attention.head_count 3"),
+    ("llama.attention.head_count_kv", 0, "llama.attention.head_count_kv is 0"),
+    ("llama.embedding_length", 65, "llama.embedding_length is 65"),
+    ("llama.context_length", 0, "llama.context_length is 0"),
+    ("llama.rope.freq_base", float("nan"), "llama.rope.freq_base is nan"),
+    # Counts that divide but do not fit the tensors: the first tensor whose shape they change is named.
+    ("llama.attention.head_count", 8, "has shape [64, 64], but the metadata makes model.layers.0.self_attn."),
+    ("llama.feed_forward_length", 96, "tensor blk.0.ffn_down.weight has shape [64, 128]"),
+])
+def test_bad_metadata_is_a_checkpoint_error_naming_file_key_and_value(family_files, tmp_path, key, value, named):
+    _, good = family_files["llama"]
+    path = patched_gguf(good, tmp_path / "patched.gguf", key, value)
+    with pytest.raises(CheckpointError) as raised:
+        ours(path)
+    assert "patched.gguf" in str(raised.value) and named in str(raised.value)
+
+
+@pytest.mark.parametrize("tensor_name, stored_as", [("output_norm.weight", "F32"), ("blk.1.attn_k.weight", "Q8_0"),
+                                                     ("blk.0.ffn_up.weight", "Q4_0")])
+def test_nan_or_inf_weights_are_refused_naming_the_tensor(family_files, tmp_path, tensor_name, stored_as):
+    _, good = family_files["llama"]
+    path = poisoned_gguf(good, tmp_path / "poisoned.gguf", tensor_name)
+    assert next(t for t in gguf.GGUFReader(good).tensors if t.name == tensor_name).tensor_type.name == stored_as
+    with pytest.raises(CheckpointError, match=f"tensor {tensor_name} holds NaN or Inf") as raised:
+        ours(path)
+    assert "poisoned.gguf" in str(raised.value)

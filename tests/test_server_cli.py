@@ -3,6 +3,7 @@ with an API key, a served model name and a small waiting queue; then SIGTERM whi
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import socket
 import subprocess
@@ -27,9 +28,10 @@ def cli_server(eager_dir, tmp_path_factory):
     port = _free_port()
     log_path = tmp_path_factory.mktemp("serve-log") / "serve.log"
     command = [sys.executable, "-m", "bucketserve.entrypoints.cli", "serve", str(eager_dir), "--port", str(port),
-               "--api-key", API_KEY, "--served-model-name", "tiny-eager", "--max-waiting", "2", "--shutdown-timeout", "1"]
-    with open(log_path, "w") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+               "--served-model-name", "tiny-eager", "--max-waiting", "2", "--shutdown-timeout", "1"]
+    with open(log_path, "w") as log:  # the key from the environment, as a deployment keeps it out of `ps`
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
+                                   env={**os.environ, "BUCKETSERVE_API_KEY": API_KEY})
     base_url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 90
     while True:
@@ -60,6 +62,17 @@ def test_api_key_is_required_on_v1_routes(cli_server):
     completion = httpx.post(base_url + "/v1/completions", headers=AUTH,
                             json={"model": "tiny-eager", "prompt": "x", "max_tokens": 2})
     assert completion.status_code == 200 and completion.json()["model"] == "tiny-eager"
+
+
+def test_api_key_from_the_environment_guards_the_tokenizer_routes_too(cli_server):
+    process, base_url, _ = cli_server
+    assert API_KEY not in " ".join(process.args)  # not on the command line
+    for path, body in (("/tokenize", {"prompt": "hello"}), ("/detokenize", {"tokens": [5, 6]})):
+        response = httpx.post(base_url + path, json=body)
+        assert response.status_code == 401 and response.json()["error"]["code"] == "invalid_api_key", path
+        assert httpx.post(base_url + path, json=body, headers=AUTH).status_code == 200, path
+    for path in ("/health", "/metrics", "/version", "/tokenizer_info"):  # probes and scrapers carry no key
+        assert httpx.get(base_url + path).status_code == 200, path
 
 
 def test_requests_over_max_waiting_get_503(cli_server):

@@ -325,30 +325,66 @@ def test_model_card_version_and_cors(server):
     assert models.headers["access-control-allow-origin"] == "*"
 
 
-def test_tokenizing_a_long_prompt_leaves_the_event_loop_serving(server):
-    # About a million characters: seconds of tokenizing, then a 400 (far over the context). Meanwhile the
-    # event loop must answer /health: the prompt is tokenized on the prompt thread, not on the loop.
-    body = {"model": MODEL_NAME, "prompt": "many words in a very long prompt " * 30000, "max_tokens": 1}
-    finished: list[str] = []
+class RecordingTokenizer:
+    """The server's prompt tokenizer, recording how many characters each call was given."""
 
-    async def long_request(client):
-        response = await client.post("/v1/completions", json=body)
-        finished.append("long")
-        return response
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.lengths: list[int] = []
 
-    async def health_meanwhile(client):
-        await asyncio.sleep(0.3)  # the long request is being tokenized by now
-        response = await client.get("/health")
-        finished.append("health")
-        return response
+    def encode(self, text, *args, **kwargs):
+        self.lengths.append(len(text))
+        return self.tokenizer.encode(text, *args, **kwargs)
 
-    async def both():
-        async with httpx.AsyncClient(base_url=server.base_url, timeout=120) as client:
-            return await asyncio.gather(long_request(client), health_meanwhile(client))
+    def __getattr__(self, name):
+        return getattr(self.tokenizer, name)
 
-    long, health = asyncio.run(both())
-    assert long.status_code == 400 and long.json()["error"]["code"] == "context_length_exceeded"
-    assert health.status_code == 200 and finished == ["health", "long"]
+
+@pytest.mark.parametrize("path, body", [
+    ("/v1/completions", {"prompt": "many words in a very long prompt " * 30000, "max_tokens": 1}),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "many words in a long chat " * 30000}]}),
+    ("/tokenize", {"prompt": "many words in a very long prompt " * 30000}),
+])
+def test_text_that_cannot_fit_the_context_is_refused_before_it_is_tokenized(server, monkeypatch, path, body):
+    """About a million characters, far over what 256 tokens can hold: a 400 without tokenizing it (it would hold
+    the prompt thread, and every other request's prompt behind it, for seconds)."""
+    recording = RecordingTokenizer(server.ctx.prompt_tokenizer)
+    monkeypatch.setattr(server.ctx, "prompt_tokenizer", recording)
+    response = httpx.post(server.base_url + path, json={"model": MODEL_NAME, **body}, timeout=60)
+    assert response.status_code == 400 and response.json()["error"]["code"] == "context_length_exceeded", response.text
+    assert "characters" in response.json()["error"]["message"] and recording.lengths == []
+    # A prompt that fits is tokenized as before.
+    fits = {"prompt": "a short prompt"} if "messages" not in body else {"messages": [{"role": "user", "content": "hi"}]}
+    assert httpx.post(server.base_url + path, json={"model": MODEL_NAME, **fits, "max_tokens": 2}).status_code == 200
+    assert recording.lengths
+
+
+def test_a_body_over_max_request_bytes_gets_413_unread(server):
+    limit = 4 << 20  # the server's default --max-request-bytes
+    big = {"model": MODEL_NAME, "prompt": "x" * (limit + 10), "max_tokens": 1}
+    response = httpx.post(server.base_url + "/v1/completions", json=big, timeout=60)
+    assert response.status_code == 413, response.text
+    error = response.json()["error"]
+    assert error["code"] == "request_too_large" and str(limit) in error["message"]
+
+    def chunked():  # no Content-Length: read up to the cap, then refused
+        for _ in range(5):
+            yield b" " * (1 << 20)
+
+    response = httpx.post(server.base_url + "/v1/completions", content=chunked(),
+                          headers={"content-type": "application/json"}, timeout=60)
+    assert response.status_code == 413 and response.json()["error"]["code"] == "request_too_large"
+    assert httpx.get(server.base_url + "/health").status_code == 200
+
+
+@pytest.mark.parametrize("key", [" 5", "5 ", "+5", "05", "5_0", "٥", "5.0", "-5", ""])
+def test_logit_bias_keys_must_be_canonical_decimal_token_ids(server, key):
+    body = {"model": MODEL_NAME, "prompt": "x", "max_tokens": 1, "logit_bias": {key: 5}}
+    response = httpx.post(server.base_url + "/v1/completions", json=body)
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["param"] == "logit_bias" and repr(key) in error["message"]
+    assert httpx.post(server.base_url + "/v1/completions", json={**body, "logit_bias": {"50": 5}}).status_code == 200
 
 
 def test_tokenizer_endpoints(server, offline_llm):

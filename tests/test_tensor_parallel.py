@@ -42,7 +42,7 @@ def test_manifest_records_the_rank_count_and_a_mismatch_is_an_error(tp2_eager_di
         assert model.manifest["compile_config"]["tensor_parallel_size"] == 2
     finally:
         model.close()
-    with pytest.raises(ValueError, match="tensor_parallel_size=1 differs from the compiled tensor_parallel_size=2"):
+    with pytest.raises(ValueError, match="tensor_parallel_size=1 was given, but it differs from the compiled tensor_parallel_size=2"):
         LLM(model=str(tp2_eager_dir), tensor_parallel_size=1)
 
 

@@ -20,6 +20,7 @@ import torch
 
 from .base import Checkpoint, CheckpointError, QuantizedBlocks, StoredTensor
 from .file_digest import sha256_of
+from .gguf_metadata import check_finite, check_metadata, check_shape, expected_shapes, model_config_of
 from .gguf_names import gguf_to_hf_names, rotary_row_order
 
 GGUF_MAGIC = b"GGUF"
@@ -116,6 +117,7 @@ class GGUFCheckpoint(Checkpoint):
         if self._field("tokenizer.ggml.tokens") is None:
             raise CheckpointError(f"{self.source} has no tokenizer (no tokenizer.ggml.tokens in its metadata); "
                                   "bucketserve takes the tokenizer from the GGUF file: use a file converted with one")
+        check_metadata(self._reader, self.architecture, self.source)  # before transformers or we build from any count
         from transformers import AutoConfig
 
         config = AutoConfig.from_pretrained(self.source.parent, gguf_file=self.source.name).to_dict()
@@ -152,7 +154,9 @@ class GGUFTensors(Mapping[str, StoredTensor]):
     llama's q/k rows put back in Hugging Face's rotary order (a copy of those rows only)."""
 
     def __init__(self, reader, hf_config: dict[str, Any], architecture: str, path: Path):
-        names = gguf_to_hf_names(architecture, hf_config["num_hidden_layers"])
+        self._path = path
+        shapes = expected_shapes(model_config_of(hf_config, path))
+        names = gguf_to_hf_names(architecture, hf_config["num_hidden_layers"])  # bounded: check_metadata
         self._by_name = {}
         unknown = []
         for tensor in reader.tensors:
@@ -162,6 +166,7 @@ class GGUFTensors(Mapping[str, StoredTensor]):
                 unknown.append(tensor.name)
                 continue
             self._by_name[names[tensor.name]] = tensor
+            check_shape(path, tensor.name, names[tensor.name], tuple(reversed([int(d) for d in tensor.shape])), shapes)
         if unknown:
             raise CheckpointError(f"{path} holds tensors no {architecture} model of transformers has: {unknown[:5]}")
         # llama.cpp's llama architecture rotates adjacent pairs of each head, transformers the two halves:
@@ -177,8 +182,10 @@ class GGUFTensors(Mapping[str, StoredTensor]):
         shape = tuple(reversed([int(d) for d in tensor.shape]))
         if type_name in FLOAT_TYPES:
             stored = torch.from_numpy(tensor.data).view(FLOAT_TYPES[type_name]).view(shape)
+            check_finite(self._path, tensor.name, type_name, stored)
         else:
             stored = QuantizedBlocks(type_name, shape, torch.from_numpy(tensor.data))
+            check_finite(self._path, tensor.name, type_name, stored.data)
         heads = next((h for proj, h in self._rotary_heads.items() if f".{proj}." in name), None)
         if heads is None:
             return stored

@@ -9,6 +9,7 @@ import os
 import shutil
 import struct
 from collections import Counter
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +81,7 @@ class MappedWeights:
 
     def __init__(self, files: list[Path]):
         self.tensors: dict[str, torch.Tensor] = {}
+        self.files: dict[str, Path] = {}  # the file each tensor is in
         self._maps: list[mmap.mmap] = []
         for file in files:
             self._map(file)
@@ -106,6 +108,7 @@ class MappedWeights:
             if dtype is None or end - begin != numel * dtype.itemsize or data_start + end > size:
                 raise CheckpointError(f"{file}: tensor {name} ({entry.get('dtype')}, shape {entry['shape']}, bytes "
                                  f"{begin}..{end}) does not fit the file; it is damaged or of an unknown dtype")
+            self.files[name] = file
             if numel == 0:
                 self.tensors[name] = torch.empty(entry["shape"], dtype=dtype)
             else:
@@ -118,6 +121,30 @@ class MappedWeights:
         for mapped in self._maps:
             if mapped is not None and hasattr(mmap, "MADV_DONTNEED"):
                 mapped.madvise(mmap.MADV_DONTNEED)
+
+
+class FiniteTensors(Mapping[str, torch.Tensor]):
+    """A checkpoint's mapped tensors, each float one checked finite the first time it is read: a NaN or Inf
+    weight would compile and then generate token 0 forever."""
+
+    def __init__(self, weights: MappedWeights):
+        self._weights = weights
+        self._checked: set[str] = set()
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        tensor = self._weights.tensors[name]
+        if name not in self._checked:
+            if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+                raise CheckpointError(f"{self._weights.files[name]}: tensor {name} holds NaN or Inf values; the file "
+                                      "is damaged: re-download or re-save it")
+            self._checked.add(name)
+        return tensor
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._weights.tensors)
+
+    def __len__(self) -> int:
+        return len(self._weights.tensors)
 
 
 def map_safetensors(model_dir: Path) -> MappedWeights:
@@ -134,7 +161,7 @@ class SafetensorsCheckpoint(Checkpoint):
         self.hf_config = read_hf_config(model_dir)
         self._files = weight_files(model_dir)
         self._weights = MappedWeights(self._files)
-        self.tensors = self._weights.tensors
+        self.tensors = FiniteTensors(self._weights)
 
     def write_support_files(self, out_dir: Path) -> None:
         for name in COPIED_FILES:
@@ -145,7 +172,7 @@ class SafetensorsCheckpoint(Checkpoint):
                            "server will need tokenizer=... pointing at one", self.source, ", ".join(TOKENIZER_FILES))
 
     def describe(self) -> dict[str, Any]:
-        dtypes = Counter(str(t.dtype).removeprefix("torch.") for t in self.tensors.values())
+        dtypes = Counter(str(t.dtype).removeprefix("torch.") for t in self._weights.tensors.values())  # no read
         return {"format": self.format, "files": [f.name for f in self._files],
                 "bytes": sum(f.stat().st_size for f in self._files), "tensor_dtypes": dict(sorted(dtypes.items()))}
 

@@ -19,7 +19,17 @@ from ..quantization.checkpoint_state import describe_plan
 from ..quantization.transform import is_quantized
 from . import aoti
 from .directory_layout import GRAPHS_DIR, rank_dir
-from .graph_specs import GraphSpec, cache_shape, decoder_specs, graph_constants, prefill_spec
+from .graph_inputs import write_inputs
+from .graph_specs import (
+    DECODER_INPUTS,
+    PREFILL,
+    PREFILL_INPUTS,
+    GraphSpec,
+    cache_shape,
+    decoder_specs,
+    graph_constants,
+    prefill_spec,
+)
 from .manifest import write_manifest
 from .packed_weights import block_sizes_by_shape
 
@@ -71,6 +81,8 @@ def write_rank_files(
             package = target / GRAPHS_DIR / f"{spec.name}.pt2"
             started = time.perf_counter()
             aoti.compile_graph(spec, package)
+            write_inputs(package, PREFILL_INPUTS if spec.name == PREFILL else DECODER_INPUTS, spec.example_inputs,
+                         model.model.norm.weight.dtype)
             compile_seconds[prefix + spec.name] = round(time.perf_counter() - started, 2)
             logger.info("compiled %s%s in %.1f s", prefix, spec.name, compile_seconds[prefix + spec.name])
             bar.update()

@@ -81,8 +81,7 @@ def decoder_specs(model: PagedCausalLM, compile_config: CompileConfig, kv_cache:
     A decoder's projections are GEMMs of a few rows over weights reordered into blocks of rows
     (packed_weights). On the CPU in fp32 our kernels run them and the attention where they build for
     AVX-512; where only the attention kernel builds, Inductor's C++ GEMM template runs the projections."""
-    ids, context_len, context_positions = _shared_inputs(compile_config, kv_cache)
-    blocks = compile_config.blocks_per_sequence
+    _, context_len, _ = _shared_inputs(compile_config, kv_cache)
     cpu_fp32 = uses_blocked_gemm(kv_cache.device, model.model.norm.weight.dtype)
     # Built first (once per machine): a quantized model's projections call its quantized_linear where it exists.
     attention_kernel = cpu_fp32 and library.build() is not None and attention_kernel_reads(kv_cache.dtype)
@@ -100,10 +99,30 @@ def decoder_specs(model: PagedCausalLM, compile_config: CompileConfig, kv_cache:
         form, configs = COMPILED_DECODE, {}
     specs = []
     for b in compile_config.decoder_batch_sizes:
-        inputs = (ids(b), ids(b), ids(b), ids(b, blocks), context_positions, kv_cache)
+        inputs = decoder_inputs(compile_config, kv_cache, b)
         dynamic = (None, None, None, None, {0: context_len}, None)
         specs.append(GraphSpec(decoder_name(b), DecoderGraph(model, form), inputs, dynamic, configs))
     return specs
+
+
+# The graphs' inputs, in order (models/llama.py's DecoderGraph.forward and PrefillGraph.forward).
+DECODER_INPUTS = ("input_ids", "positions", "slot_mapping", "block_tables", "context_positions", "kv_cache")
+PREFILL_INPUTS = ("input_ids", "positions", "slot_mapping", "block_tables", "context_positions", "last_index", "kv_cache")
+
+
+def decoder_inputs(compile_config: CompileConfig, kv_cache: torch.Tensor, batch_size: int) -> tuple:
+    """decoder_batch_{batch_size}'s example inputs: its shapes, the context length at its largest."""
+    ids, _, context_positions = _shared_inputs(compile_config, kv_cache)
+    b, blocks = batch_size, compile_config.blocks_per_sequence
+    return ids(b), ids(b), ids(b), ids(b, blocks), context_positions, kv_cache
+
+
+def prefill_inputs(compile_config: CompileConfig, kv_cache: torch.Tensor) -> tuple:
+    """The prefill's example inputs: batch_size rows of a whole chunk, the context length at its largest."""
+    ids, _, context_positions = _shared_inputs(compile_config, kv_cache)
+    chunk, rows = compile_config.prefill_chunk_size, compile_config.batch_size
+    return (ids(rows, chunk), ids(rows, chunk), ids(rows, chunk), ids(rows, compile_config.blocks_per_sequence),
+            context_positions, ids(rows), kv_cache)
 
 
 def prefill_spec(
@@ -111,7 +130,7 @@ def prefill_spec(
 ) -> GraphSpec:
     """The prefill graph, whose projections read every weight the decoders reordered in that same blocked
     layout (block_sizes, by weight shape: packed_weights.block_sizes_by_shape), so the model holds one copy."""
-    ids, context_len, context_positions = _shared_inputs(compile_config, kv_cache)
+    _, context_len, _ = _shared_inputs(compile_config, kv_cache)
     chunk, rows = compile_config.prefill_chunk_size, compile_config.batch_size
     # The prefill chunk's length is free too, from PREFILL_GRANULE tokens up (the runtime rounds a chunk's
     # real tokens up to it); a chunk size that small leaves nothing to vary, and the shape fixed.
@@ -119,8 +138,7 @@ def prefill_spec(
     # So is the number of rows (prompts prefilled together), 1 to batch_size: one graph for every group.
     row_count = torch.export.Dim("rows", min=1, max=rows) if rows > 1 else None
     token_dims = {k: d for k, d in ((0, row_count), (1, chunk_len)) if d is not None} or None
-    inputs = (ids(rows, chunk), ids(rows, chunk), ids(rows, chunk), ids(rows, compile_config.blocks_per_sequence),
-              context_positions, ids(rows), kv_cache)
+    inputs = prefill_inputs(compile_config, kv_cache)
     row_dims = {0: row_count} if row_count is not None else None
     dynamic = (token_dims, token_dims, token_dims, row_dims, {0: context_len}, row_dims, None)
     # Freezing folds each weight's reorder (blocked_linear) into a constant load_graph rebuilds (packed_weights).

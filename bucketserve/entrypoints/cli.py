@@ -185,11 +185,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    from ..checkpoints.base import CheckpointError
     from ..compiler.manifest import CompiledModelError
 
     try:
         args.func(args)
-    except (ValueError, OSError, CompiledModelError) as error:  # the user's input: the message says what to change
+    except (CheckpointError, CompiledModelError) as error:  # a file that cannot be used as it is: 2, as bad input
+        print(f"bucketserve {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except (ValueError, OSError) as error:  # the user's input: the message says what to change
         print(f"bucketserve {args.command}: error: {error}", file=sys.stderr)
         return 1
     return 0

@@ -8,6 +8,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from ..compiled_options import check_options_match
 from ..engine.llm_engine import EngineConfig, LLMEngine
 from ..engine.outputs import RequestOutput
 from ..engine.sampling_params import SamplingParams
@@ -29,12 +30,11 @@ class LLM:
             raise TypeError(f"LLM() got unexpected arguments {unknown}")
         self.model = AutoModelForCausalLM.from_pretrained(model)
         compiled = self.model.compile_config
-        _check_device(device, compiled.device, model)
-        _check_same("dtype", dtype, compiled.dtype, "dtype", allow_auto=True)
-        _check_same("tensor_parallel_size", tensor_parallel_size, compiled.tensor_parallel_size, "tensor_parallel_size")
-        _check_same("max_num_seqs", max_num_seqs, compiled.batch_size, "batch_size")
-        _check_same("max_model_len", max_model_len, compiled.max_seq_len, "max_seq_len")
-        _check_block_size(block_size, compiled.kvcache_block_size)
+        # One normalizer for these and from_pretrained's options alike (compiled_options.py).
+        given = dict(device=device, dtype=dtype, tensor_parallel_size=tensor_parallel_size, max_num_seqs=max_num_seqs,
+                     max_model_len=max_model_len, block_size=block_size)
+        check_options_match({name: value for name, value in given.items() if value is not None}, compiled,
+                            self.model.model_config, model)
         max_model_len = compiled.max_seq_len
         # A prompt longer than the budget is prefilled over several steps, so any positive budget works.
         if max_num_batched_tokens is not None and (isinstance(max_num_batched_tokens, bool) or
@@ -201,36 +201,3 @@ def _params_per_prompt(sampling_params, count: int) -> list[SamplingParams]:
     if len(params) != count:
         raise ValueError(f"got {len(params)} SamplingParams for {count} prompts; give one, or one per prompt")
     return params
-
-
-def _check_same(name: str, given, compiled, compiled_name: str, allow_auto: bool = False) -> None:
-    if given is None or (allow_auto and given == "auto"):
-        return
-    if given != compiled:
-        raise ValueError(
-            f"{name}={given!r} differs from the compiled {compiled_name}={compiled!r}; pass {name}={compiled!r} "
-            f"or leave it out, or recompile with {compiled_name}={given!r}"
-        )
-
-
-def _check_block_size(block_size: int | None, compiled_block_size: int) -> None:
-    """The KV cache is managed in the compiled blocks; a block_size that groups whole ones is accepted (the
-    seed's scripts pass block_size=max_seq_len, one block per sequence, which 16-token blocks tile exactly)."""
-    if block_size is None or (isinstance(block_size, int) and block_size > 0 and block_size % compiled_block_size == 0):
-        return
-    raise ValueError(
-        f"block_size={block_size!r} is not a multiple of the compiled kvcache_block_size={compiled_block_size}; "
-        f"pass block_size={compiled_block_size} or leave it out, or recompile with kvcache_block_size={block_size!r}"
-    )
-
-
-def _check_device(device: str, compiled_device: str, model: str) -> None:
-    if device in ("auto", None):
-        return
-    if device not in ("cpu", "cuda"):
-        raise ValueError(f"device {device!r} is not supported; use 'cpu', 'cuda' or 'auto'")
-    if device != compiled_device:
-        raise ValueError(
-            f"device {device!r} was asked for, but {model} was compiled for {compiled_device!r}; "
-            f"use device={compiled_device!r}, or recompile with device={device!r}"
-        )

@@ -8,6 +8,7 @@ import torch
 
 from ..compiler import aoti
 from ..compiler.directory_layout import GRAPHS_DIR
+from ..compiler.graph_inputs import check_graph_inputs
 from ..compiler.graph_specs import PREFILL, context_len_through, decoder_name, graph_constants, prefill_width
 from ..config import CompileConfig
 from ..kernels import library
@@ -37,6 +38,8 @@ class ModelRunner:
             self.decoders = {b: decoder for b in self.decoder_batch_sizes}
         else:
             graphs = directory / GRAPHS_DIR
+            # As compiled, before any graph runs: a graph handed another cache or weights would run out of bounds.
+            check_graph_inputs(graphs, compile_config, self.kv_cache.tensor, model.model.norm.weight.dtype)
             library.load_from(graphs)  # before the graphs that call its kernels
             self.prefill_graph = aoti.load_graph(graphs / f"{PREFILL}.pt2", graph_constants(prefill), self.packed_weights)
             self.decoders = {

@@ -13,6 +13,15 @@ from .errors import OpenAIError, bad_request
 from .metrics import ServerMetrics
 
 T = TypeVar("T")
+# Characters a normalizer may fold into one (NFC composes a letter and up to a few combining marks).
+NORMALIZER_MARGIN = 4
+
+
+def longest_token_chars(tokenizer) -> int:
+    """The most characters of text one token can stand for: its vocabulary's longest entry (byte-level BPE spells
+    each byte as one character, SentencePiece a space as one, so no token covers more text than its entry is
+    long; added tokens are their text). So a prompt of n characters has at least n / this many tokens."""
+    return max((len(token) for token in tokenizer.get_vocab()), default=1) or 1
 
 
 @dataclass
@@ -30,11 +39,13 @@ class ServerContext:
     api_key: str | None = None
     max_model_len: int = field(init=False)
     vocab_size: int = field(init=False)
+    max_prompt_chars: int = field(init=False)  # no longer text can fit max_model_len tokens (prompts.check_text_fits)
     _prompt_thread: ThreadPoolExecutor = field(init=False)
 
     def __post_init__(self) -> None:
         self.max_model_len = self.engine.max_model_len
         self.vocab_size = self.engine.vocab_size
+        self.max_prompt_chars = self.max_model_len * longest_token_chars(self.prompt_tokenizer) * NORMALIZER_MARGIN
         self._prompt_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bucketserve-prompts")
 
     async def in_prompt_thread(self, work: Callable[..., T], *args) -> T:

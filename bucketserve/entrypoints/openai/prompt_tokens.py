@@ -26,6 +26,7 @@ def completion_prompts(ctx: ServerContext, prompt) -> list[Prompt]:
     prompts = []
     for item in items:
         if isinstance(item, str):
+            check_text_fits(ctx, item)
             prompts.append(Prompt(item, ctx.prompt_tokenizer.encode(item, add_special_tokens=True)))
         else:
             prompts.append(Prompt(None, list(item)))
@@ -34,6 +35,7 @@ def completion_prompts(ctx: ServerContext, prompt) -> list[Prompt]:
 
 def chat_prompt(ctx: ServerContext, messages: list[ChatMessage], add_generation_prompt: bool) -> Prompt:
     text = render_chat(ctx, messages, add_generation_prompt)
+    check_text_fits(ctx, text, param="messages")
     # The chat template writes any special tokens itself.
     return Prompt(text, ctx.prompt_tokenizer.encode(text, add_special_tokens=False))
 
@@ -41,10 +43,21 @@ def chat_prompt(ctx: ServerContext, messages: list[ChatMessage], add_generation_
 def render_chat(ctx: ServerContext, messages: list[ChatMessage], add_generation_prompt: bool) -> str:
     conversation = [{"role": m.role, "content": content_text(m.content), **({"name": m.name} if m.name else {})}
                     for m in messages]
+    # Before the template runs over it: the messages' text alone may be more than any context holds.
+    check_text_fits(ctx, "".join(turn["content"] for turn in conversation), param="messages")
     try:
         return ctx.prompt_tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=add_generation_prompt)
     except Exception as error:  # a template may reject a conversation (roles out of order, ...): the caller's input
         raise bad_request(f"the model's chat template rejected these messages: {error}", param="messages") from error
+
+
+def check_text_fits(ctx: ServerContext, text: str, param: str = "prompt") -> None:
+    """Refuse, before tokenizing it, text too long for any prompt of max_model_len tokens: tokenizing megabytes
+    would hold the prompt thread for seconds, and every other request's prompt behind it."""
+    if len(text) > ctx.max_prompt_chars:
+        raise bad_request(f"the prompt is {len(text)} characters, more than a context of {ctx.max_model_len} tokens "
+                          f"can hold (at most {ctx.max_prompt_chars} characters with this tokenizer); shorten it",
+                          param=param, code="context_length_exceeded")
 
 
 def check_prompt(ctx: ServerContext, prompt: Prompt, max_tokens: int | None, param: str = "prompt") -> int:

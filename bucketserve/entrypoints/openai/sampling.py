@@ -2,6 +2,8 @@
 and the 400 for options we accept in the schema but do not implement."""
 from __future__ import annotations
 
+import re
+
 from ...engine.sampling_params import SamplingParams
 from .context import ServerContext
 from .errors import bad_request
@@ -59,14 +61,19 @@ def reject_unsupported(body: CompletionRequest | ChatCompletionRequest) -> None:
                           "only {\"type\": \"text\"}", param="response_format")
 
 
+# OpenAI's logit_bias keys: token ids in canonical decimal. int() would also take " 1", "+1", "01" and "1_0" (10).
+CANONICAL_TOKEN_ID = re.compile(r"0|[1-9][0-9]*")
+
+
 def _logit_bias(logit_bias: dict[str, float] | None) -> dict[int, float] | None:
     """JSON's string keys as token ids (their range is SamplingParams' to check)."""
     if not logit_bias:
         return None
-    try:
-        return {int(token): bias for token, bias in logit_bias.items()}
-    except ValueError as error:
-        raise bad_request(f"logit_bias keys must be token ids, got {list(logit_bias)[:5]}", param="logit_bias") from error
+    for token in logit_bias:
+        if not CANONICAL_TOKEN_ID.fullmatch(token):
+            raise bad_request(f"logit_bias key {token[:40]!r} is not a token id; keys are token ids written in plain "
+                              "decimal, e.g. \"42\" (no sign, spaces, leading zeros or underscores)", param="logit_bias")
+    return {int(token): bias for token, bias in logit_bias.items()}
 
 
 def _or(value, default):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import secrets
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -16,6 +17,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from ...engine.async_engine import AsyncLLMEngine
 from ...version import __version__
+from .body_limit import DEFAULT_MAX_REQUEST_BYTES, LimitRequestBody
 from .context import ServerContext
 from .errors import OpenAIError, install_error_handlers
 from .metrics import ServerMetrics
@@ -38,7 +40,9 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_WAITING = 256
 DEFAULT_SHUTDOWN_TIMEOUT_S = 10
-ERROR_RESPONSES = {status: {"model": ErrorResponse} for status in (400, 401, 404, 503)}
+ERROR_RESPONSES = {status: {"model": ErrorResponse} for status in (400, 401, 404, 413, 503)}
+# Where --api-key is read from when not given (vLLM reads VLLM_API_KEY): a key on the command line shows in `ps`.
+API_KEY_ENV = "BUCKETSERVE_API_KEY"
 
 
 def load_server_context(model_dir: str | Path, served_model_name: str | None = None,
@@ -65,8 +69,10 @@ def load_server_context(model_dir: str | Path, served_model_name: str | None = N
                          max_waiting=max_waiting, api_key=api_key)
 
 
-def build_app(ctx: ServerContext, allowed_origins: list[str] | None = None) -> FastAPI:
-    """The app over ctx; allowed_origins: the browser origins CORS lets call it (default all, as vLLM)."""
+def build_app(ctx: ServerContext, allowed_origins: list[str] | None = None,
+              max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES) -> FastAPI:
+    """The app over ctx; allowed_origins: the browser origins CORS lets call it (default all, as vLLM);
+    max_request_bytes: bodies over it get 413 unread."""
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         ctx.engine.start(asyncio.get_running_loop())
@@ -79,6 +85,7 @@ def build_app(ctx: ServerContext, allowed_origins: list[str] | None = None) -> F
                   lifespan=lifespan, responses=ERROR_RESPONSES)
     app.state.ctx = ctx
     app.add_middleware(EndCancelledRequests)
+    app.add_middleware(LimitRequestBody, max_bytes=max_request_bytes)
     app.add_middleware(CORSMiddleware, allow_origins=allowed_origins or ["*"], allow_methods=["*"], allow_headers=["*"])
     install_error_handlers(app)
     app.include_router(_openai_routes(ctx))
@@ -116,17 +123,22 @@ class EndCancelledRequests:
                 await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
-def _openai_routes(ctx: ServerContext) -> APIRouter:
+def _api_key_check(ctx: ServerContext):
+    """The dependency /v1 and the tokenizer routes share: 401 unless the request carries the key (if any)."""
     async def check_api_key(request: Request) -> None:
         if ctx.api_key is None:
             return
         given = request.headers.get("authorization", "")
         scheme, _, token = given.partition(" ")
         if scheme.lower() != "bearer" or not secrets.compare_digest(token.encode(), ctx.api_key.encode()):
-            raise OpenAIError(401, "missing or wrong API key; send the key given to --api-key as 'Authorization: Bearer KEY'",
-                              code="invalid_api_key")
+            raise OpenAIError(401, "missing or wrong API key; send the key given to --api-key (or "
+                                   f"{API_KEY_ENV}) as 'Authorization: Bearer KEY'", code="invalid_api_key")
 
-    router = APIRouter(prefix="/v1", dependencies=[Depends(check_api_key)])
+    return Depends(check_api_key)
+
+
+def _openai_routes(ctx: ServerContext) -> APIRouter:
+    router = APIRouter(prefix="/v1", dependencies=[_api_key_check(ctx)])
 
     def card() -> ModelCard:
         return ModelCard(id=ctx.served_model_name, root=ctx.model_dir, max_model_len=ctx.max_model_len)
@@ -164,11 +176,13 @@ def _extra_routes(ctx: ServerContext) -> APIRouter:
     async def version() -> JSONResponse:
         return JSONResponse({"version": __version__})
 
-    @router.post("/tokenize")
+    # Tokenizing is work a client could make the server do without end: behind the key, as /v1 is. Health,
+    # version, tokenizer_info and metrics stay open (probes and scrapers carry no key).
+    @router.post("/tokenize", dependencies=[_api_key_check(ctx)])
     async def tokenize_route(body: TokenizeRequest) -> JSONResponse:
         return JSONResponse(dump(await ctx.in_prompt_thread(tokenize, ctx, body)))
 
-    @router.post("/detokenize")
+    @router.post("/detokenize", dependencies=[_api_key_check(ctx)])
     async def detokenize_route(body: DetokenizeRequest) -> JSONResponse:
         return JSONResponse(dump(await ctx.in_prompt_thread(detokenize, ctx, body)))
 
@@ -188,7 +202,11 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help="compiled directory (bucketserve compile / save_pretrained)")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
     parser.add_argument("--port", type=int, default=8000)
-    parser.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on /v1 routes")
+    parser.add_argument("--api-key", default=os.environ.get(API_KEY_ENV) or None,
+                        help=f"require 'Authorization: Bearer KEY' on /v1, /tokenize and /detokenize (default: "
+                             f"${API_KEY_ENV}, which keeps the key out of `ps`)")
+    parser.add_argument("--max-request-bytes", type=int, default=DEFAULT_MAX_REQUEST_BYTES,
+                        help=f"request bodies over this many bytes get 413 unread (default {DEFAULT_MAX_REQUEST_BYTES})")
     parser.add_argument("--served-model-name", default=None, help="the model id clients use (default: the directory name)")
     parser.add_argument("--max-waiting", type=int, default=DEFAULT_MAX_WAITING,
                         help="requests (one per prompt) allowed to wait for a running slot (the compiled batch size) "
@@ -228,7 +246,7 @@ def run_server(args: argparse.Namespace) -> None:
     # After a clean shutdown uvicorn re-raises the signal it caught, so SIGTERM ends the process with the
     # usual 143; SIGINT comes back as KeyboardInterrupt, which needs no traceback.
     try:
-        uvicorn.run(build_app(ctx, args.allowed_origins), host=args.host, port=args.port, log_level=args.log_level,
+        uvicorn.run(build_app(ctx, args.allowed_origins, args.max_request_bytes), host=args.host, port=args.port, log_level=args.log_level,
                     timeout_graceful_shutdown=args.shutdown_timeout)
     except KeyboardInterrupt:
         logger.info("stopped by SIGINT")

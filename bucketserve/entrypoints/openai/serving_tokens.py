@@ -5,7 +5,7 @@ from __future__ import annotations
 from ...models.vocabulary import check_token_ids
 from .context import ServerContext
 from .errors import bad_request
-from .prompt_tokens import render_chat
+from .prompt_tokens import check_text_fits, render_chat
 from .protocol import (
     DetokenizeRequest,
     DetokenizeResponse,
@@ -20,8 +20,10 @@ def tokenize(ctx: ServerContext, body: TokenizeCompletionRequest | TokenizeChatR
     ctx.check_model(body.model)
     if isinstance(body, TokenizeChatRequest):
         text = render_chat(ctx, body.messages, body.add_generation_prompt)
+        check_text_fits(ctx, text, param="messages")
         tokens = ctx.prompt_tokenizer.encode(text, add_special_tokens=False)
     else:
+        check_text_fits(ctx, body.prompt)
         tokens = ctx.prompt_tokenizer.encode(body.prompt, add_special_tokens=body.add_special_tokens)
     return TokenizeResponse(count=len(tokens), max_model_len=ctx.max_model_len, tokens=tokens)
 
