@@ -68,6 +68,15 @@ def manifest_digest(manifest: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(sealed, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
+def record_in_manifest(directory: Path, key: str, value: Any) -> None:
+    """Add one record to a compiled directory's manifest after it was written (the decoder planner's inputs and
+    prediction), sealed again: the digest covers it like every other field."""
+    path = Path(directory) / MANIFEST
+    manifest = json.loads(path.read_text())
+    manifest[key] = value
+    path.write_text(json.dumps(seal(manifest), indent=2))
+
+
 def seal(manifest: dict[str, Any]) -> dict[str, Any]:
     return {**{key: value for key, value in manifest.items() if key != DIGEST_KEY}, DIGEST_KEY: manifest_digest(manifest)}
 

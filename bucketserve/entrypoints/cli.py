@@ -146,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     _optional_subcommand(sub, "serve", "OpenAI-compatible HTTP server over a compiled directory",
                          "bucketserve.entrypoints.openai.server", "add_serve_arguments", "run_server")
     _optional_subcommand(sub, "plan", "plan the decoder batch sizes from traffic and measured step costs",
-                         "bucketserve.planner.cli", "add_plan_arguments", "run_plan")
+                         "bucketserve.entrypoints.plan_command", "add_plan_arguments", "run_plan")
     _benchmarks_on_path()
     _optional_subcommand(sub, "bench", "benchmark against peers (benchmarks/ of a source checkout)",
                          "benchmarks.cli", "add_bench_arguments", "run_bench")

@@ -10,12 +10,11 @@ graphs are faster, and only the curve's shape carries over).
 """
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..compiler.manifest import MANIFEST
+from ..compiler.manifest import record_in_manifest
 from ..config import RBLN_PREFIX, build_compile_config, split_rbln_aliases
 from .cost_table import CostTable, as_cost_table
 from .replay import EngineShape
@@ -85,9 +84,6 @@ def _split_plan_options(options: dict[str, Any]) -> tuple[dict[str, Any], dict[s
 
 
 def record_plan(directory: Path, record: dict) -> None:
-    """Add the plan's inputs and prediction to a compiled directory's manifest (it checks no hash of itself)."""
-    path = Path(directory) / MANIFEST
-    manifest = json.loads(path.read_text())
-    manifest["decoder_plan"] = record
-    path.write_text(json.dumps(manifest, indent=2))
+    """Add the plan's inputs and prediction to a compiled directory's manifest (sealed again with it)."""
+    record_in_manifest(Path(directory), "decoder_plan", record)
 

@@ -10,11 +10,11 @@ import argparse
 import json
 from pathlib import Path
 
-from .cost_table import COST_TABLE, CostTable, read_cost_table
-from .live_rows import LiveRows
-from .replay import EngineShape, replay
-from .report import plan_report
-from .search import expected_seconds
+from ..planner.cost_table import COST_TABLE, CostTable, read_cost_table
+from ..planner.live_rows import LiveRows
+from ..planner.replay import EngineShape, replay
+from ..planner.report import plan_report
+from ..planner.search import expected_seconds
 
 
 def add_plan_arguments(p: argparse.ArgumentParser) -> None:
@@ -49,11 +49,11 @@ def run_plan(args: argparse.Namespace) -> None:
         raise ValueError("give one of --traffic FILE or --simulate SPEC")
     costs, shape, compiled = _costs_and_shape(model_dir, args)
     traffic = args.traffic or args.simulate
-    from .traffic_source import live_rows_of, traffic_records
+    from ..planner.traffic_source import live_rows_of, traffic_records
 
     records = traffic_records(traffic, shape.max_model_len)
     if args.simulate and args.trace_out:
-        from .traffic_log import write_traffic_log
+        from ..planner.traffic_log import write_traffic_log
 
         write_traffic_log(args.trace_out, records)
         print(f"wrote the generated trace ({len(records)} requests) to {args.trace_out}")
@@ -71,7 +71,7 @@ def run_plan(args: argparse.Namespace) -> None:
     if compiled:
         _say_whether_recompiling_pays(report, compiled, distribution, costs, records, shape)
     if args.plot:
-        from .plot import plot_time_per_token, report_series
+        from ..planner.plot import plot_time_per_token, report_series
 
         print(f"plot: {plot_time_per_token(report_series(report), args.plot, 'predicted decode time per token')}")
     if args.json:
@@ -128,9 +128,9 @@ def _say_whether_recompiling_pays(report, compiled, distribution, costs, records
 
 
 def _calibrate(model_dir: Path, args) -> None:
-    from .. import AutoModelForCausalLM
-    from .calibration import calibrate, contexts_from_trace
-    from .traffic_source import traffic_records
+    from ..modeling import AutoModelForCausalLM
+    from ..planner.calibration import calibrate, contexts_from_trace
+    from ..planner.traffic_source import traffic_records
 
     model = AutoModelForCausalLM.from_pretrained(model_dir)
     config = model.compile_config
