@@ -1,6 +1,6 @@
 """Normal clients' latency with and without one abusive client beside them, on the tiny random model.
 
-    PYTHONPATH=. python benchmarks/abusive_client.py [--clients 4] [--requests 50] [--abuse-mb 3]
+    python -m benchmarks.abusive_client [--clients 4] [--requests 50] [--abuse-mb 3]
 
 Builds a tiny random Llama, compiles it eagerly (seconds), starts `bucketserve serve` on 127.0.0.1 and runs
 `--clients` normal clients, each sending `--requests` short completions (8 tokens) one after another, twice: alone,

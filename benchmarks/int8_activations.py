@@ -1,15 +1,15 @@
 """activations="int8" against weight-only on SmolLM2-135M (the real file and its Q4_0 / Q8_0 copies), and against
 llama.cpp, which does the same int8 math. Standalone; prints JSON lines, one per measurement.
 
-    python benchmarks/int8_activations.py accuracy      perplexity (bench/accuracy.py's scorer, the shipped text in
+    python -m benchmarks.int8_activations accuracy      perplexity (bench/accuracy.py's scorer, the shipped text in
                                                         --windows 511-token windows) and greedy agreement (the chat
                                                         questions, --new-tokens each) of each file, weight-only vs int8;
                                                         eager compiles, which run the same kernels as the graphs
-    python benchmarks/int8_activations.py ops [--floor] the projections of one decode step / one prefill chunk on
+    python -m benchmarks.int8_activations ops [--floor] the projections of one decode step / one prefill chunk on
                                                         the model's real weight shapes, each kernel timed alone
                                                         (thread CPU time, best of 5), every row count asked;
                                                         --floor: and their weights' bytes over the read bandwidth
-    python benchmarks/int8_activations.py llama         llama-bench (tg128, pp512) and llama-batched-bench
+    python -m benchmarks.int8_activations llama         llama-bench (tg128, pp512) and llama-batched-bench
                                                         (B = 1, 8, 16) on the Q4_0 / Q8_0 copies
 
 Files go to --work (default /tmp/int8_activations).

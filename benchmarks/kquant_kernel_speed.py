@@ -3,7 +3,7 @@ process's CPU time (on a shared machine wall time measures the neighbours): the 
 quantized_linear (what our Q4_0 / Q8_0 copies run) beside kquant_linear's 4-bit (Q4_K), 5-bit (Q5_0 / Q5_1 /
 Q5_K) and 6-bit (Q6_K) forms, on random values.
 
-    python benchmarks/kquant_kernel_speed.py
+    python -m benchmarks.kquant_kernel_speed
 """
 from __future__ import annotations
 

@@ -8,9 +8,9 @@ one decoder; tokens/s is decode only: (time of `new_tokens` + 1 greedy tokens - 
 best of --repeats rounds, every file once per round. llama-bench runs `-p 0 -n new_tokens` at the same thread
 count. Targets (issue 35): Q4_K_M >= 0.9x our Q4_0 copy, and >= 1.3x llama.cpp's on the Q4_K_M file.
 
-    python benchmarks/kquant_speed.py --compiler eager          # minutes: the same model code, uncompiled
-    python benchmarks/kquant_speed.py --compiler aoti           # AOTInductor graphs (minutes per graph here)
-    python benchmarks/kquant_speed.py --perplexity 4096         # also perplexity on the first 4096 tokens of the
+    python -m benchmarks.kquant_speed --compiler eager          # minutes: the same model code, uncompiled
+    python -m benchmarks.kquant_speed --compiler aoti           # AOTInductor graphs (minutes per graph here)
+    python -m benchmarks.kquant_speed --perplexity 4096         # also perplexity on the first 4096 tokens of the
                                                                 # bench's text, ours and llama-perplexity's, F32 too
 
 Perplexity: ours is bucketserve.bench.accuracy.perplexity (non-overlapping windows of 256, every token after a

