@@ -51,8 +51,8 @@ def gguf_copies(work: Path) -> dict[str, Path]:
 
 
 def accuracy(args) -> None:
-    from bucketserve.bench import accuracy as scorer
-    from bucketserve.bench.real_scenarios import chat_prompt_ids
+    from benchmarks import accuracy as scorer
+    from benchmarks.chat_scenarios import chat_prompt_ids
 
     from benchmarks.workload import load_tokenizer
     from bucketserve import LLM, AutoModelForCausalLM
@@ -106,7 +106,7 @@ def ops(args) -> None:
     torch.set_num_threads(args.threads)
     bandwidth = None
     if args.floor:
-        from bucketserve.bench import roofline
+        from benchmarks import roofline
 
         bandwidth = roofline.read_bandwidth()["bytes_per_second"]
         emit(kind="read_bandwidth", threads=args.threads, gb_per_s=round(bandwidth / 1e9, 2))

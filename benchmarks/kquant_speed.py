@@ -13,7 +13,7 @@ count. Targets (issue 35): Q4_K_M >= 0.9x our Q4_0 copy, and >= 1.3x llama.cpp's
     python -m benchmarks.kquant_speed --perplexity 4096         # also perplexity on the first 4096 tokens of the
                                                                 # bench's text, ours and llama-perplexity's, F32 too
 
-Perplexity: ours is bucketserve.bench.accuracy.perplexity (non-overlapping windows of 256, every token after a
+Perplexity: ours is benchmarks.accuracy.perplexity (non-overlapping windows of 256, every token after a
 window's first scored); llama-perplexity scores the second half of each window of -c 256 by its own rule, so
 compare each engine's files with its own F32 row, not one engine's figure with the other's.
 """
@@ -97,7 +97,7 @@ def decode_seconds(model, new_tokens: int) -> float:
 
 
 def our_perplexity(model, out: Path, tokens: int) -> float:
-    from bucketserve.bench.accuracy import load_text, perplexity
+    from benchmarks.accuracy import load_text, perplexity
 
     from bucketserve import LLM
 
@@ -161,7 +161,7 @@ def main() -> None:
                 entry["llama_bench_tokens_per_s"] = round(llama_bench(files[name], args.new_tokens, args.threads,
                                                                       args.repeats), 2)
         if args.perplexity:
-            from bucketserve.bench.accuracy import load_text
+            from benchmarks.accuracy import load_text
 
             text_file = work / "text.txt"
             text_file.write_text(load_text())
