@@ -53,7 +53,6 @@ def gguf_copies(work: Path) -> dict[str, Path]:
 def accuracy(args) -> None:
     from benchmarks import accuracy as scorer
     from benchmarks.chat_scenarios import chat_prompt_ids
-
     from benchmarks.workload import load_tokenizer
     from bucketserve import LLM, AutoModelForCausalLM
     from bucketserve.kernels import library

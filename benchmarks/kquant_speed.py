@@ -98,7 +98,6 @@ def decode_seconds(model, new_tokens: int) -> float:
 
 def our_perplexity(model, out: Path, tokens: int) -> float:
     from benchmarks.accuracy import load_text, perplexity
-
     from bucketserve import LLM
 
     model.save_pretrained(out)
