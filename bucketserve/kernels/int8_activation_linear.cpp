@@ -50,24 +50,15 @@
 #include <utility>
 #include <vector>
 
+#include "packed_weight.h"
+
 namespace {
 
-constexpr int64_t kGroup = 32;   // inputs per scale: layout.GROUP, and the activations' group
-constexpr int64_t kBlockN = 16;  // output rows per packed block: layout.BLOCK_N
+using bucketserve_packed::kBlockN;
+using bucketserve_packed::kGroup;  // inputs per scale: layout.GROUP, and the activations' group
+using Weight = bucketserve_packed::PackedWeight;
 constexpr int64_t kAheadBytes = 4 * 1024;  // how far ahead of its loads a pass prefetches the weight
 
-// One packed weight, read-only.
-struct Weight {
-  const uint8_t* q;        // int8 values [blocks, k_pad, 16], or uint8 pairs of int4 [blocks, k_pad/2, 16]
-  const uint16_t* scales;  // float16 bits [blocks, groups, 16]
-  const uint16_t* mins;    // float16 bits [blocks, groups, 16]; nullptr for int8
-  int64_t bits, k_pad, groups;
-
-  int64_t block_bytes() const { return k_pad * kBlockN * bits / 8; }
-  const uint8_t* block_q(int64_t b) const { return q + b * block_bytes(); }
-  const uint16_t* block_scales(int64_t b) const { return scales + b * groups * kBlockN; }
-  const uint16_t* block_mins(int64_t b) const { return mins + b * groups * kBlockN; }
-};
 
 // The quantized activations, in the byte order the path reads.
 struct Acts {
@@ -652,42 +643,13 @@ void run_gemm(Isa isa, const Weight& w, const float* x, float* out, int64_t rows
 
 at::Tensor int8_activation_linear(const at::Tensor& x, const at::Tensor& qweight, const at::Tensor& scales,
                                   const c10::optional<at::Tensor>& mins, int64_t n, int64_t k, c10::string_view isa) {
-  TORCH_CHECK(x.device().is_cpu() && qweight.device().is_cpu() && scales.device().is_cpu(),
-              "int8_activation_linear runs on the CPU");
-  TORCH_CHECK(x.scalar_type() == at::kFloat, "int8_activation_linear takes float32 x, got ", x.scalar_type());
-  TORCH_CHECK(qweight.scalar_type() == at::kChar || qweight.scalar_type() == at::kByte,
-              "qweight must be int8 (the int8 scheme) or uint8 (int4, two values a byte), got ", qweight.scalar_type());
-  const int64_t bits = qweight.scalar_type() == at::kChar ? 8 : 4;
-  TORCH_CHECK(qweight.dim() == 3 && qweight.size(2) == kBlockN, "qweight must be [ceil(n / 16), ",
-              bits == 8 ? "k_pad" : "k_pad / 2", ", 16], got ", qweight.sizes());
-  const int64_t num_blocks = qweight.size(0), k_pad = qweight.size(1) * (bits == 8 ? 1 : 2);
-  const int64_t groups = k_pad / kGroup;
-  TORCH_CHECK(x.dim() >= 1 && x.size(-1) == k, "x has ", x.dim() ? x.size(-1) : 0, " features, the weight k = ", k);
-  TORCH_CHECK(k > 0 && k_pad == (k + kGroup - 1) / kGroup * kGroup, "qweight holds ", k_pad,
-              " inputs a row, but k = ", k, " pads to ", (k + kGroup - 1) / kGroup * kGroup);
-  TORCH_CHECK(n > 0 && (num_blocks - 1) * kBlockN < n && n <= num_blocks * kBlockN, "n = ", n,
-              " does not fit qweight's ", num_blocks, " blocks of 16 rows");
-  TORCH_CHECK(scales.scalar_type() == at::kHalf && scales.sizes() == at::IntArrayRef({num_blocks, groups, kBlockN}),
-              "scales must be float16 [", num_blocks, ", ", groups, ", 16], got ", scales.scalar_type(), " ",
-              scales.sizes());
-  const bool has_mins = mins.has_value() && mins->defined();
-  TORCH_CHECK(has_mins == (bits == 4), bits == 8 ? "int8 weights are symmetric: mins must be None"
-                                                 : "int4 weights need mins (value = q * scale + min)");
-  if (has_mins)
-    TORCH_CHECK(mins->device().is_cpu() && mins->scalar_type() == at::kHalf && mins->sizes() == scales.sizes(),
-                "mins must be float16 ", scales.sizes(), " as scales, got ", mins->scalar_type(), " ", mins->sizes());
-  const auto input = x.contiguous();
-  const auto q = qweight.contiguous();
-  const auto s = scales.contiguous();
-  const auto m = has_mins ? mins->contiguous() : at::Tensor();
-  const int64_t rows = input.numel() / k;
-  const Isa chosen = isa_named(std::string(isa), rows, bits);
-  std::vector<int64_t> out_shape(x.sizes().begin(), x.sizes().end());
-  out_shape.back() = n;
-  auto out = at::empty(out_shape, input.options());
+  const auto call = bucketserve_packed::check_packed_call("int8_activation_linear", x, qweight, scales, mins, n, k);
+  const int64_t rows = call.rows;
+  const Weight& w = call.weight;
+  const Isa chosen = isa_named(std::string(isa), rows, w.bits);
+  auto out = call.out;
   if (rows == 0) return out;
-  const Weight w{reinterpret_cast<const uint8_t*>(q.data_ptr()), reinterpret_cast<const uint16_t*>(s.data_ptr()),
-                 has_mins ? reinterpret_cast<const uint16_t*>(m.data_ptr()) : nullptr, bits, k_pad, groups};
+  const auto& input = call.input;
   run_gemm(chosen, w, input.data_ptr<float>(), out.data_ptr<float>(), rows, k, n);
   return out;
 }

@@ -23,7 +23,7 @@ logger = logging.getLogger(__name__)
 LIBRARY_FILE = "bucketserve_kernels.so"  # its name inside a compiled directory's graphs/
 SOURCES = [Path(__file__).with_name(name) for name in ("paged_attention.cpp", "blocked_linear.cpp", "quantized_linear.cpp",
                                                       "int8_activation_linear.cpp", "kquant_linear.cpp")]
-HEADERS = [Path(__file__).with_name("gemm_micro_kernel.h")]  # included by SOURCES
+HEADERS = [Path(__file__).with_name(name) for name in ("gemm_micro_kernel.h", "packed_weight.h")]  # included by SOURCES
 
 
 OPS = ("paged_decode_attention", "blocked_linear", "quantized_linear", "int8_activation_linear", "kquant_linear")
