@@ -111,21 +111,3 @@ def test_an_unknown_path_is_refused_with_the_ones_there_are():
     packed = random_packed(8, 16, 32)
     with pytest.raises(RuntimeError, match="no path 'neon' on this CPU; it runs: auto, .*scalar"):
         int8_activation_linear(torch.zeros(1, 32), packed, "neon")
-
-
-def test_traces_under_torch_export():
-    packed = random_packed(4, 24, 40)
-
-    class Projection(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.register_buffer("qweight", packed.qweight)
-            self.register_buffer("scales", packed.scales)
-            self.register_buffer("mins", packed.mins)
-
-        def forward(self, x):
-            return torch.ops.bucketserve.int8_activation_linear(x, self.qweight, self.scales, self.mins, 24, 40)
-
-    x = torch.randn(2, 40)
-    program = torch.export.export(Projection(), (x,))
-    torch.testing.assert_close(program.module()(x), Projection()(x), rtol=0, atol=0)

@@ -84,7 +84,8 @@ def test_padding_never_leaks_into_the_outputs():
     assert_matches_reference(got, x, packed)
 
 
-def test_kernel_traces_under_torch_export():
+@pytest.mark.parametrize("op", ["quantized_linear", "int8_activation_linear"])  # the weight-only and activation-quantized GEMMs
+def test_kernel_traces_under_torch_export(op):
     packed = random_packed(4, 24, 40)
 
     class Projection(torch.nn.Module):
@@ -95,7 +96,7 @@ def test_kernel_traces_under_torch_export():
             self.register_buffer("mins", packed.mins)
 
         def forward(self, x):
-            return torch.ops.bucketserve.quantized_linear(x, self.qweight, self.scales, self.mins, 24, 40)
+            return getattr(torch.ops.bucketserve, op)(x, self.qweight, self.scales, self.mins, 24, 40)
 
     x = torch.randn(2, 40)
     program = torch.export.export(Projection(), (x,))
